@@ -1,0 +1,2 @@
+class VQGANError(ValueError):
+    """A bad VQ-GAN config or checkpoint; scripts print it as one line and exit 2."""
