@@ -1,6 +1,8 @@
 """Glue shared by the top-level scripts: one-line errors for user mistakes."""
 import sys
 
+import torch
+
 from sundae.errors import SundaeError
 from vqgan.errors import VQGANError
 
@@ -18,3 +20,7 @@ def run_cli(main, argv=None):
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def default_device():
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,104 @@
+"""Encode an image folder with a VQ-GAN into a latent dataset (the format in sundae/latents.py).
+
+    python generate-latents.py --cfg-path vqgan.yaml --ckpt-path vqgan.ckpt \
+        --dataset-in images/ --latents-out data/latents [--use-class] [--eval-fraction 0.05]
+"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sundae.errors import SundaeError
+from sundae.images import list_class_images, list_images
+from sundae.encode import encode_images
+from sundae.latents import create_latent_dataset, sha256_of
+from utils import default_device, run_cli
+from vqgan import load_vqgan
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cfg-path", required=True, help="taming / latent-diffusion VQ-GAN config (YAML)")
+    p.add_argument("--ckpt-path", required=True, help="VQ-GAN checkpoint (.ckpt, .pth, .safetensors)")
+    p.add_argument("--dataset-in", required=True, help="image folder (ImageFolder layout with --use-class)")
+    p.add_argument("--latents-out", required=True, help="output directory of the latent dataset")
+    p.add_argument("--legacy-cfg", action="store_true", help="force the Net2Net (first_stage_config) layout")
+    p.add_argument("--use-class", action="store_true", help="label rows by their class sub-directory")
+    p.add_argument("--no-aug", action="store_true", help="do not add horizontally flipped copies")
+    p.add_argument("--eval-fraction", type=float, default=0.0,
+                   help="fraction of images (not flipped copies) held out as the eval split")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--nb-workers", type=int, default=2)
+    p.add_argument("--resolution", type=int, nargs=2, metavar=("H", "W"),
+                   help="image size fed to the encoder (default: the config's resolution)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/eval split")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not 0.0 <= args.eval_fraction < 1.0:
+        raise SundaeError(f"--eval-fraction must be in [0, 1), got {args.eval_fraction}")
+    device = args.device or default_device()
+    vqgan = load_vqgan(args.cfg_path, args.ckpt_path, legacy_cfg=True if args.legacy_cfg else None,
+                       device=device)
+    f = vqgan.downsample_factor
+    size = tuple(args.resolution) if args.resolution else (vqgan.resolution, vqgan.resolution)
+    if size[0] % f or size[1] % f:
+        raise SundaeError(f"--resolution {size[0]} {size[1]}: both sides must be divisible by the "
+                          f"VQ-GAN's downsample factor {f}")
+
+    if Path(args.dataset_in).is_file():
+        raise SundaeError(f"{args.dataset_in}: --dataset-in must be a directory of images")
+    if args.use_class:
+        files, labels, class_names = list_class_images(args.dataset_in)
+    else:
+        files, labels, class_names = list_images(args.dataset_in), None, None
+
+    # Split files, not rows, so a mirrored copy never lands on the other side of the split.
+    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(args.seed)).tolist()
+    n_eval = int(round(args.eval_fraction * len(files)))
+    splits = {"train": sorted(order[n_eval:]), "eval": sorted(order[:n_eval])}
+    splits = {name: idx for name, idx in splits.items() if idx}
+
+    provenance = {
+        "created_by": "generate-latents.py",
+        "vqgan": {
+            "config": str(Path(args.cfg_path).resolve()),
+            "config_sha256": sha256_of(args.cfg_path),
+            "checkpoint": str(Path(args.ckpt_path).resolve()),
+            "checkpoint_sha256": sha256_of(args.ckpt_path),
+            "legacy_cfg": args.legacy_cfg,
+            "image_size": list(size),
+            "downsample_factor": f,
+        },
+        "dataset_in": str(Path(args.dataset_in).resolve()),
+    }
+    latent_shape = (size[0] // f, size[1] // f)
+    skipped = []
+    with create_latent_dataset(args.latents_out, vqgan.codebook_size, latent_shape, class_names,
+                               provenance, overwrite=args.overwrite) as add_split:
+        for name, idx in splits.items():
+            encoded = encode_images(vqgan, [files[i] for i in idx], size,
+                                    flip=(name == "train" and not args.no_aug),
+                                    batch_size=args.batch_size, num_workers=args.nb_workers, device=device)
+            skipped += encoded.skipped
+            if len(encoded.tokens) == 0:
+                raise SundaeError(f"{args.dataset_in}: no readable images in the {name} split")
+            rows = add_split(name, len(encoded.tokens))
+            row_labels = (np.asarray(labels)[np.asarray(idx)[encoded.file_index]]
+                          if labels is not None else None)
+            rows.write(0, encoded.tokens, row_labels, encoded.sources, encoded.flipped)
+            print(f"{name}: {len(encoded.tokens)} grids of {latent_shape[0]}x{latent_shape[1]} tokens")
+    for path in skipped:
+        print(f"warning: skipped unreadable image {path}")
+    if skipped:
+        print(f"warning: {len(skipped)} unreadable image(s) skipped")
+    print(f"wrote {args.latents_out}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
