@@ -1,0 +1,2 @@
+class HourglassError(ValueError):
+    """A bad hourglass config or input (grid, tokens, class labels); one line, names the value."""
