@@ -1,0 +1,193 @@
+"""The SUNDAE sampler: a few parallel denoising steps from noise, with per-sample early stopping.
+
+One sampler serves sample.py, inpaint.py, sample-interactive.py and the training sample grids.
+"""
+import dataclasses
+import math
+from numbers import Real
+from typing import NamedTuple, Optional
+
+import torch
+
+from sundae.categorical import sample_categorical
+from sundae.errors import SundaeError
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample. end_* default to their start value (a constant schedule).
+
+    Values are checked on construction, so dataclasses.replace(cfg, steps=0) raises too.
+    """
+
+    steps: int = 100  # at most this many model calls per sample
+    temperature: float = 1.0
+    end_temperature: Optional[float] = None
+    sample_proportion: float = 0.5  # probability that a position takes its newly drawn token
+    end_sample_proportion: Optional[float] = None
+    min_steps: int = 10  # no sample freezes before it has used this many steps
+    early_stop: bool = True
+
+    def __post_init__(self):
+        _check_int("steps", self.steps, minimum=1)
+        _check_int("min_steps", self.min_steps, minimum=1)
+        for name in ("temperature", "end_temperature"):
+            value = getattr(self, name)
+            if value is not None and not (_is_real(value) and value > 0 and math.isfinite(value)):
+                raise SundaeError(f"sampling {name} must be a number > 0, got {value!r}")
+        for name in ("sample_proportion", "end_sample_proportion"):
+            value = getattr(self, name)
+            if value is not None and not (_is_real(value) and 0 < value <= 1):
+                raise SundaeError(f"sampling {name} must be a number in (0, 1], got {value!r}")
+        if not isinstance(self.early_stop, bool):
+            raise SundaeError(f"sampling early_stop must be true or false, got {self.early_stop!r}")
+
+
+def _is_real(value):
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SundaeError(f"sampling {name} must be an integer >= {minimum}, got {value!r}")
+
+
+def temperature_schedule(cfg):
+    """(steps,) float64: the temperature of each step, linear from start to end inclusive."""
+    end = cfg.temperature if cfg.end_temperature is None else cfg.end_temperature
+    return torch.linspace(cfg.temperature, end, cfg.steps, dtype=torch.float64)
+
+
+def proportion_schedule(cfg):
+    """(steps,) float64: the update proportion of each step, linear from start to end inclusive."""
+    end = cfg.sample_proportion if cfg.end_sample_proportion is None else cfg.end_sample_proportion
+    return torch.linspace(cfg.sample_proportion, end, cfg.steps, dtype=torch.float64)
+
+
+class SampleResult(NamedTuple):
+    tokens: torch.Tensor  # (N, h, w) final grids
+    steps_used: torch.Tensor  # (N,) LongTensor, model steps each sample consumed
+    history: Optional[list]  # [start, after step 1, ...], each (N, h, w); None unless requested
+
+
+@torch.inference_mode()
+def sample(
+    model,
+    start,
+    cfg,
+    *,
+    num_tokens,
+    nb_samples=None,
+    cond=None,
+    keep_mask=None,
+    generator=None,
+    device=None,
+    return_history=False,
+):
+    """Sample token grids by iterated parallel denoising.
+
+    model(tokens (A, h, w), cond (A, ...) or None) -> logits (A, h, w, V), V == num_tokens; pass
+    the EMA model in eval mode. start: a shape, (h, w) with nb_samples or (N, h, w), to start
+    from uniform random tokens; or a LongTensor, (h, w) with nb_samples or (N, h, w), to start
+    from those tokens. keep_mask: bool, (h, w) or (N, h, w), True where the start tokens must be
+    kept (inpainting); it needs start tokens, and the other positions start from uniform noise.
+    The model always sees the whole grid, kept tokens included. cond: None or a tensor whose
+    first dimension is N (e.g. (N,) class labels).
+
+    Step t (0-based) draws x' ~ softmax(model(x) / temperature_t) and takes x' at each free
+    position with probability proportion_t. Freezing: a sample is frozen after step t if
+    t + 1 >= min_steps and step t changed none of its tokens; a frozen sample leaves the batch
+    (the model is called on the remaining rows only) and keeps its grid. With early_stop off
+    nothing freezes and every sample uses `steps` steps.
+
+    All randomness comes from `generator` (which must live on `device`), so a seeded CPU run is
+    reproducible. device defaults to start's device for tensors, else CPU.
+    """
+    tokens, keep_mask = _starting_grid(start, num_tokens, nb_samples, keep_mask, generator, device)
+    n = tokens.shape[0]
+    device = tokens.device
+    if cond is not None and (cond.dim() == 0 or cond.shape[0] != n):
+        raise SundaeError(f"cond must have one row per sample ({n}), got shape {tuple(cond.shape)}")
+    if cond is not None:
+        cond = cond.to(device)
+
+    temperatures = temperature_schedule(cfg).tolist()
+    proportions = proportion_schedule(cfg).tolist()
+    steps_used = torch.zeros(n, dtype=torch.long, device=device)
+    active = torch.arange(n, device=device)  # indices of the samples still being denoised
+    history = [tokens.clone()] if return_history else None
+
+    for step in range(cfg.steps):
+        current = tokens[active]  # (A, h, w)
+        logits = model(current, None if cond is None else cond[active])  # (A, h, w, V)
+        if logits.shape[-1] != num_tokens:
+            raise SundaeError(
+                f"model gives {logits.shape[-1]} logits per position, expected num_tokens={num_tokens}"
+            )
+        proposal = sample_categorical(logits.float() / temperatures[step], generator=generator)
+        take = torch.rand(current.shape, generator=generator, device=device) < proportions[step]
+        if keep_mask is not None:
+            take &= ~keep_mask[active]
+        updated = torch.where(take, proposal, current)
+
+        tokens[active] = updated
+        steps_used[active] += 1
+        if return_history:
+            history.append(tokens.clone())
+
+        if cfg.early_stop and step + 1 >= cfg.min_steps:
+            changed = (updated != current).flatten(1).any(dim=1)  # (A,)
+            active = active[changed]  # the one host sync per step
+            if active.numel() == 0:
+                break
+
+    return SampleResult(tokens, steps_used, history)
+
+
+def _starting_grid(start, num_tokens, nb_samples, keep_mask, generator, device):
+    """Resolve `start` and `keep_mask` to an (N, h, w) LongTensor and an (N, h, w) mask or None."""
+    if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 1:
+        raise SundaeError(f"num_tokens must be an integer >= 1, got {num_tokens!r}")
+    if torch.is_tensor(start):
+        device = start.device if device is None else torch.device(device)
+        tokens = _with_batch(start.to(device=device, dtype=torch.long), nb_samples, "start tokens")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= num_tokens):
+            raise SundaeError(f"start tokens must lie in [0, {num_tokens}), got values outside")
+    else:
+        device = torch.device("cpu") if device is None else torch.device(device)
+        shape = tuple(start)
+        if len(shape) == 2:
+            shape = (_nb_samples(nb_samples),) + shape
+        elif len(shape) != 3 or (nb_samples is not None and nb_samples != shape[0]):
+            raise SundaeError(f"start shape must be (h, w) with nb_samples or (N, h, w), got {shape}")
+        if keep_mask is not None:
+            raise SundaeError("keep_mask needs start tokens to keep, got only a shape")
+        tokens = torch.randint(num_tokens, shape, generator=generator, device=device)
+
+    if keep_mask is None:
+        return tokens, None
+    keep_mask = _with_batch(keep_mask.to(device=device, dtype=torch.bool), tokens.shape[0], "keep_mask")
+    if keep_mask.shape != tokens.shape:
+        raise SundaeError(
+            f"keep_mask of shape {tuple(keep_mask.shape)} does not match the grid {tuple(tokens.shape)}"
+        )
+    noise = torch.randint(num_tokens, tokens.shape, generator=generator, device=device)
+    return torch.where(keep_mask, tokens, noise), keep_mask
+
+
+def _with_batch(grid, nb_samples, what):
+    """(h, w) -> (nb_samples, h, w); (N, h, w) is returned as is if it agrees with nb_samples."""
+    if grid.dim() == 2:
+        return grid.expand(_nb_samples(nb_samples), *grid.shape).clone()
+    if grid.dim() != 3 or (nb_samples is not None and nb_samples != grid.shape[0]):
+        raise SundaeError(
+            f"{what} must be (h, w) with nb_samples or (N, h, w), got shape {tuple(grid.shape)}"
+            f" with nb_samples={nb_samples}"
+        )
+    return grid.clone()
+
+
+def _nb_samples(nb_samples):
+    if isinstance(nb_samples, bool) or not isinstance(nb_samples, int) or nb_samples < 1:
+        raise SundaeError(f"nb_samples must be an integer >= 1, got {nb_samples!r}")
+    return nb_samples
