@@ -25,8 +25,10 @@ def unrolled_loss(model, tokens, unroll_steps=2, cond=None, generator=None, *, n
     reaches earlier steps through it: each step is trained to denoise the kind of input the
     model itself produces at sampling time. Every step's target is the clean grid.
 
+    Returns the mean loss and the mean accuracy over the T steps, plus both per step.
     unroll_steps=1 is plain (BERT-like) denoising. Cross-entropy is computed in float32 even
-    under autocast. `generator` drives the corruption and the samples.
+    under autocast. `generator` drives the corruption and the samples. num_tokens is the
+    vocabulary size V (needed to corrupt before the model has run).
     """
     if isinstance(unroll_steps, bool) or not isinstance(unroll_steps, int) or unroll_steps < 1:
         raise SundaeError(f"unroll_steps must be an integer >= 1, got {unroll_steps!r}")
