@@ -22,6 +22,10 @@ def atomic_path(path, is_dir=False):
         fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
         os.close(fd)
         tmp = Path(name)
+    # mkdtemp/mkstemp create private (0700/0600) entries; give the result the usual umask mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, (0o777 if is_dir else 0o666) & ~umask)
     try:
         yield tmp
         if is_dir:

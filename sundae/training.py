@@ -1,0 +1,172 @@
+"""The SUNDAE training run on PyTorch Lightning: module, data, atomic checkpoints."""
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from sundae.data import StepBatchSampler, collate
+from sundae.denoiser import build_denoiser
+from sundae.files import atomic_path
+from sundae.images import save_png
+from sundae.loss import unrolled_loss
+from sundae.render import render_tokens
+from sundae.sampler import sample
+
+
+def step_generator(seed, step, rank, device):
+    """The randomness of one training step as a pure function of (seed, step, rank): a resumed
+    run draws exactly the corruptions and unroll samples the uninterrupted run would have."""
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
+    return g
+
+
+def lr_lambda(cfg):
+    """Multiplier of the base learning rate at each optimiser step."""
+    tr = cfg.trainer
+
+    def factor(step):
+        if step < tr.warmup_steps:
+            return (step + 1) / tr.warmup_steps
+        if tr.lr_scheduler_name == "constant":
+            return 1.0
+        progress = min(1.0, (step - tr.warmup_steps) / max(1, tr.max_steps - tr.warmup_steps))
+        return tr.min_lr_ratio + (1 - tr.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class SundaeModule(pl.LightningModule):
+    """The denoiser, its EMA, the unrolled loss, evaluation and sample grids."""
+
+    def __init__(self, cfg, seed=0, run_dir=None, vqgan=None):
+        super().__init__()
+        self.cfg, self.seed = cfg, seed
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.vqgan = [vqgan]  # a list keeps the frozen decoder out of state_dict and .to()
+        self.model = build_denoiser(cfg)
+        decay = cfg.trainer.ema_decay
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+                    if decay > 0 else None)
+        if self.ema is not None:
+            self.ema.requires_grad_(False)  # updated by averaging, never by the optimiser (or DDP)
+        self.save_hyperparameters({"config": dataclasses.asdict(cfg), "seed": seed})
+
+    def sampling_model(self):
+        return self.ema.module if self.ema is not None else self.model
+
+    def _cond(self, labels):
+        return labels if self.cfg.net.conditional else None
+
+    def _loss(self, model, batch, generator):
+        tokens, labels = batch
+        return unrolled_loss(model, tokens, self.cfg.unroll_steps, self._cond(labels), generator,
+                             num_tokens=self.cfg.data.vocab_size)
+
+    def training_step(self, batch, batch_idx):
+        g = step_generator(self.seed, self.global_step, self.global_rank, self.device)
+        out = self._loss(self.model, batch, g)
+        self.log("train/loss", out.loss, prog_bar=True)
+        self.log("train/accuracy", out.accuracy, prog_bar=True)
+        self.log("lr", self.optimizers().param_groups[0]["lr"])
+        return out.loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    def validation_step(self, batch, batch_idx):
+        # A fixed generator per eval batch: successive evaluations see the same corruptions.
+        g = step_generator(self.seed + 1, batch_idx, 0, self.device)
+        out = self._loss(self.model, batch, g)
+        self.log("eval/loss", out.loss, prog_bar=True)
+        self.log("eval/accuracy", out.accuracy)
+        if self.ema is not None:
+            g = step_generator(self.seed + 1, batch_idx, 0, self.device)
+            ema = self._loss(self.ema.module, batch, g)
+            self.log("eval/ema_loss", ema.loss)
+            self.log("eval/ema_accuracy", ema.accuracy)
+
+    def on_validation_epoch_end(self):
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero or self.run_dir is None:
+            return
+        path = self.run_dir / "samples" / f"step-{self.global_step:07d}.png"
+        images = self.sample_grid(path)
+        for logger in self.loggers:
+            if isinstance(logger, pl.loggers.WandbLogger):
+                logger.log_image("samples", [images], step=self.global_step)
+
+    @torch.no_grad()
+    def sample_grid(self, path):
+        """Sample with the EMA weights, render, save as one PNG; returns the grid's images."""
+        s = self.cfg.sampling
+        n = s.nb_samples
+        cond = None
+        if self.cfg.net.conditional:  # cycle through the classes
+            cond = torch.arange(n, device=self.device) % self.cfg.net.num_classes
+        g = torch.Generator(device=self.device).manual_seed(self.seed + 2)
+        result = sample(self.sampling_model(), tuple(self.cfg.data.latent_shape), s,
+                        num_tokens=self.cfg.data.vocab_size, nb_samples=n, cond=cond, generator=g,
+                        device=self.device)
+        images = render_tokens(result.tokens, self.cfg.data.vocab_size, self.vqgan[0])
+        save_png(images, path, nrow=max(1, int(math.sqrt(n))))
+        return images
+
+    def configure_optimizers(self):
+        tr = self.cfg.trainer
+        # Decay matrices only: norms, biases and gains keep their scale.
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": tr.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=tr.learning_rate, betas=tuple(tr.betas))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.cfg))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(),
+                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def on_load_checkpoint(self, checkpoint):
+        states = checkpoint.get("rng_states")
+        if states is not None:
+            torch.set_rng_state(states["torch"])
+            if states["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class LatentDataModule(pl.LightningDataModule):
+    """Train batches in a resumable step order; eval batches in file order."""
+
+    def __init__(self, train, evaluation, batch_size, max_steps, seed=0, num_workers=0):
+        super().__init__()
+        self.train, self.evaluation = train, evaluation
+        self.batch_size, self.max_steps, self.seed, self.num_workers = batch_size, max_steps, seed, num_workers
+
+    def train_dataloader(self):
+        # Called after a resumed checkpoint is restored, so global_step is where to continue.
+        sampler = StepBatchSampler(len(self.train), self.batch_size, self.max_steps, seed=self.seed,
+                                   start_step=self.trainer.global_step, rank=self.trainer.global_rank,
+                                   world_size=self.trainer.world_size)
+        return torch.utils.data.DataLoader(self.train, batch_sampler=sampler, collate_fn=collate,
+                                           num_workers=self.num_workers,
+                                           persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self):
+        return torch.utils.data.DataLoader(self.evaluation, batch_size=self.batch_size, shuffle=False,
+                                           collate_fn=collate, num_workers=self.num_workers)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint to a temporary file beside it, then rename: an interrupted write
+    leaves the previous checkpoint of that name intact and no partial file behind."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
