@@ -1,0 +1,258 @@
+"""Throughput and peak memory of the hourglass backbone against a vanilla transformer (issue 3).
+
+Hourglass (2, 10, 2) with k=4 versus a plain 14-layer transformer of the same width, on 16x16,
+32x32 and 64x64 token grids. Per row: tokens/s of a forward (inference) pass and of a training
+step (forward + cross-entropy + backward), the peak memory of the training step, and the fraction
+of this machine's measured matmul throughput the model reaches (FLOPs counted analytically).
+
+    .venv/bin/python bench/backbone.py            # CPU (float32); CUDA (bf16 autocast) when present
+    .venv/bin/python bench/backbone.py --quick    # 16x16 and 32x32 only, one timed repeat
+
+Peak memory is what the training step allocates on top of what was live before it (parameters,
+inputs): activations, gradients, workspace. CUDA: torch.cuda.max_memory_allocated. CPU: the torch
+profiler with profile_memory=True records every allocation and free of torch's CPU allocator;
+the peak is the largest running sum of those, in time order.
+"""
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python bench/backbone.py` works
+
+from hourglass_transformer import HourglassTransformerLM  # noqa: E402
+from hourglass_transformer.model import Transformer  # noqa: E402
+
+HOURGLASS_DEPTH = (2, 10, 2)
+VANILLA_DEPTH = 14
+SHORTEN_FACTOR = 4
+NUM_TOKENS = 1024  # a VQ-GAN codebook size
+
+
+# --- analytic FLOPs --------------------------------------------------------------------------------
+
+
+def linear_flops(n, layer):
+    """Multiply-adds of `layer` on n vectors, 2 FLOPs each."""
+    return 2 * n * layer.in_features * layer.out_features
+
+
+def attention_flops(n_queries, n_keys, attn):
+    """Projections plus Q K^T and weights @ V for one sequence."""
+    inner = attn.to_q.out_features
+    scores_and_mix = 2 * 2 * n_queries * n_keys * inner
+    return (linear_flops(n_queries, attn.to_q) + linear_flops(n_keys, attn.to_kv)
+            + scores_and_mix + linear_flops(n_queries, attn.to_out))
+
+
+def stack_flops(stack, h, w):
+    """Forward FLOPs of a Transformer or an HourglassLevel on one h x w grid."""
+    if isinstance(stack, Transformer):
+        n = h * w
+        return sum(attention_flops(n, n, b.attn) + linear_flops(n, b.ff[0]) + linear_flops(n, b.ff[-1])
+                   for b in stack.blocks)
+    s = stack.s
+    patches, patch_size = (h // s) * (w // s), s * s
+    flops = stack_flops(stack.pre, h, w) + stack_flops(stack.valley, h // s, w // s) + stack_flops(stack.post, h, w)
+    for resample in (stack.down, stack.up):
+        if resample.proj is not None:
+            flops += linear_flops(patches, resample.proj)
+    if stack.down.attn is not None:  # one pooled query per patch
+        flops += patches * attention_flops(1, patch_size, stack.down.attn.attn)
+    if stack.up.attn is not None:  # every token of a patch queries that patch
+        flops += patches * attention_flops(patch_size, patch_size, stack.up.attn.attn)
+    return flops
+
+
+def count_flops(model, h, w, batch):
+    """Matmul FLOPs of one forward pass of an HourglassTransformerLM on a (batch, h, w) grid.
+
+    Elementwise work (norms, softmax, GELU, rotary) is left out: it is small next to the matmuls.
+    """
+    return batch * (stack_flops(model.stack, h, w) + linear_flops(h * w, model.to_logits))
+
+
+# --- measuring ------------------------------------------------------------------------------------
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn, device, repeats, warmup=1):
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_flops_per_s(device, dtype, n, repeats):
+    """This machine's throughput on an n x n @ n x n matmul, FLOP/s."""
+    gen = torch.Generator(device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    return 2 * n**3 / median_seconds(lambda: a @ b, device, repeats, warmup=2)
+
+
+def cpu_peak_bytes(fn):
+    """Peak of live bytes allocated by torch on the CPU while fn runs, above the level at its start."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events, todo = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while todo:
+        event = todo.pop()
+        todo.extend(event.children)
+        if event.tag == _EventType.Allocation and event.extra_fields.device.type == "cpu":
+            events.append((event.start_time_ns, event.extra_fields.alloc_size))
+    live = peak = 0
+    for _, size in sorted(events):
+        live += size
+        peak = max(peak, live)
+    return peak
+
+
+def peak_bytes(fn, device):
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    return cpu_peak_bytes(fn)
+
+
+def autocast(device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def bench_model(model, grid, batch, device, repeats):
+    h, w = grid
+    gen = torch.Generator(device).manual_seed(0)
+    tokens = torch.randint(0, NUM_TOKENS, (batch, h, w), device=device, generator=gen)
+    targets = torch.randint(0, NUM_TOKENS, (batch, h, w), device=device, generator=gen)
+
+    @torch.inference_mode()
+    def forward():
+        with autocast(device):
+            model(tokens)
+
+    def train_step():
+        with autocast(device):
+            logits = model(tokens)
+            loss = F.cross_entropy(logits.reshape(-1, NUM_TOKENS).float(), targets.reshape(-1))
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    n = batch * h * w
+    model.eval()
+    fwd_s = median_seconds(forward, device, repeats)
+    model.train()
+    train_s = median_seconds(train_step, device, repeats)
+    peak = peak_bytes(train_step, device)
+    flops = count_flops(model, h, w, batch)
+    return dict(fwd_tok_s=n / fwd_s, train_tok_s=n / train_s, peak_mib=peak / 2**20,
+                fwd_flop_s=flops / fwd_s, train_flop_s=3 * flops / train_s)  # backward ~ 2x forward
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
+def machine(device):
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, bf16 autocast"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, float32"
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--dim-head", type=int, default=64)
+    p.add_argument("--grids", type=int, nargs="+", default=None, help="grid sides (default 16 32 64)")
+    p.add_argument("--batch", type=int, default=None, help="same batch at every grid (default: 2 on CPU, 16 on CUDA)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement, median (default 3)")
+    p.add_argument("--quick", action="store_true", help="16x16 and 32x32, one timed run")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.grids = args.grids or ([16, 32] if args.quick else [16, 32, 64])
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.batch = args.batch or (16 if args.device.startswith("cuda") else 2)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    width = dict(num_tokens=NUM_TOKENS, dim=args.dim, heads=args.heads, dim_head=args.dim_head, ff_mult=4)
+    models = {}
+    for name, depth in (("hourglass", HOURGLASS_DEPTH), ("vanilla", VANILLA_DEPTH)):
+        torch.manual_seed(args.seed)
+        models[name] = HourglassTransformerLM(depth=depth, shorten_factor=SHORTEN_FACTOR, **width).to(device)
+
+    matmul_n, matmul_dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
+    peak_flop_s = matmul_flops_per_s(device, matmul_dtype, matmul_n, repeats=5)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# {date.today()}  {machine(device)}  torch {torch.__version__}  load avg {load:.2f}")
+    print(f"# dim {args.dim}, heads {args.heads}x{args.dim_head}, ff x4, vocab {NUM_TOKENS}; hourglass depth "
+          f"{HOURGLASS_DEPTH} k={SHORTEN_FACTOR}, vanilla depth {VANILLA_DEPTH}; batch {args.batch}; "
+          f"median of {args.repeats}")
+    print(f"# measured matmul throughput ({matmul_n}x{matmul_n}, {str(matmul_dtype)[6:]}): "
+          f"{peak_flop_s / 1e9:.0f} GFLOP/s")
+    print()
+    print("| grid  | model     | GFLOP/fwd | fwd tok/s | fwd+bwd tok/s | peak MiB (fwd+bwd) | fwd % matmul | fwd+bwd % matmul |")
+    print("|-------|-----------|----------:|----------:|--------------:|-------------------:|-------------:|-----------------:|")
+    results = {}
+    for side in args.grids:
+        for name, model in models.items():
+            r = bench_model(model, (side, side), args.batch, device, args.repeats)
+            results[side, name] = r
+            gflop = count_flops(model, side, side, args.batch) / 1e9
+            print(f"| {side}x{side} | {name:9} | {gflop:9.1f} | {r['fwd_tok_s']:9.0f} | {r['train_tok_s']:13.0f} | "
+                  f"{r['peak_mib']:18.1f} | {100 * r['fwd_flop_s'] / peak_flop_s:11.0f}% | "
+                  f"{100 * r['train_flop_s'] / peak_flop_s:15.0f}% |", flush=True)
+
+    print()
+    print("| grid  | hourglass/vanilla fwd speed-up | fwd+bwd speed-up | peak memory hourglass/vanilla |")
+    print("|-------|-------------------------------:|-----------------:|------------------------------:|")
+    for side in args.grids:
+        hg, va = results[side, "hourglass"], results[side, "vanilla"]
+        print(f"| {side}x{side} | {hg['fwd_tok_s'] / va['fwd_tok_s']:30.2f}x | "
+              f"{hg['train_tok_s'] / va['train_tok_s']:15.2f}x | {hg['peak_mib'] / va['peak_mib']:29.2f} |")
+    for (small, large) in zip(args.grids, args.grids[1:]):
+        tokens_ratio = (large / small) ** 2
+        print(f"\npeak memory {large}x{large} / {small}x{small} ({tokens_ratio:.0f}x tokens): " + ", ".join(
+            f"{name} {results[large, name]['peak_mib'] / results[small, name]['peak_mib']:.2f}x" for name in models))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
