@@ -23,6 +23,16 @@ fixture_names = pytest.mark.parametrize(
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """These models are tiny: a second intra-op thread only adds synchronisation, which stalls
+    for whole scheduler slices when the CPU is shared (seconds per test instead of ms)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class Fixture:
     def __init__(self, name):
         self.dir = FIXTURES / name
