@@ -10,8 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from vqgan import load_vqgan
+from vqgan import build_vqgan, config_from_dict, load_vqgan
+from vqgan.modules import AttnBlock, Downsample, LinearAttnBlock, ResnetBlock
+from vqgan.quantize import GumbelQuantizer, VectorQuantizer
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vqgan"
 NAMES = sorted(p.parent.name for p in FIXTURES.glob("*/config.yaml"))
@@ -164,3 +167,159 @@ def test_non_square_input_other_than_fixture(name):
     images = m.decode(indices)
     assert images.shape == wide.shape
     assert images.min() >= -1 and images.max() <= 1
+
+
+# --- building blocks against naive float64 references --------------------------------------
+
+
+def randomise_(module, seed):
+    """Non-trivial values everywhere, GroupNorm scale and shift included."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
+    return module
+
+
+def conv1x1(x, conv):
+    return torch.einsum("oc,bchw->bohw", conv.weight[:, :, 0, 0], x) + conv.bias[:, None, None]
+
+
+def test_attn_block_matches_explicit_softmax():
+    block = randomise_(AttnBlock(32).double(), seed=1)
+    x = torch.randn(2, 32, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    h = F.group_norm(x, 32, block.norm.weight, block.norm.bias, eps=1e-6)
+    q, k, v = (conv1x1(h, c).flatten(2) for c in (block.q, block.k, block.v))  # (B, C, N)
+    weights = torch.softmax(torch.einsum("bci,bcj->bij", q, k) / 32**0.5, dim=-1)
+    attended = torch.einsum("bij,bcj->bci", weights, v).reshape(x.shape)
+    expected = x + conv1x1(attended, block.proj_out)
+    torch.testing.assert_close(block(x), expected, atol=1e-12, rtol=0)
+
+
+def test_linear_attn_block_matches_explicit_formula():
+    block = randomise_(LinearAttnBlock(32).double(), seed=3)
+    x = torch.randn(2, 32, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    w = block.to_qkv.weight[:, :, 0, 0]
+    q, k, v = (torch.einsum("oc,bcn->bon", w[i * 32:(i + 1) * 32], x.flatten(2)) for i in range(3))
+    k = torch.softmax(k, dim=-1)  # over positions
+    out = torch.einsum("bdn,ben,bdm->bem", k, v, q).reshape(x.shape)
+    torch.testing.assert_close(block(x), conv1x1(out, block.to_out), atol=1e-12, rtol=0)
+
+
+def test_resnet_block_with_shortcut_matches_formula():
+    block = randomise_(ResnetBlock(32, 64).double(), seed=5).eval()
+    x = torch.randn(1, 32, 6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+
+    def swish(t):
+        return t / (1 + torch.exp(-t))
+
+    h = F.conv2d(swish(F.group_norm(x, 32, block.norm1.weight, block.norm1.bias, 1e-6)),
+                 block.conv1.weight, block.conv1.bias, padding=1)
+    h = F.conv2d(swish(F.group_norm(h, 32, block.norm2.weight, block.norm2.bias, 1e-6)),
+                 block.conv2.weight, block.conv2.bias, padding=1)
+    torch.testing.assert_close(block(x), conv1x1(x, block.nin_shortcut) + h, atol=1e-12, rtol=0)
+
+
+def test_downsample_pads_right_and_bottom_only():
+    down = randomise_(Downsample(32, with_conv=True).double(), seed=7)
+    x = torch.randn(1, 32, 6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    padded = torch.zeros(1, 32, 7, 9, dtype=torch.float64)
+    padded[..., :6, :8] = x
+    expected = F.conv2d(padded, down.conv.weight, down.conv.bias, stride=2)
+    assert expected.shape[-2:] == (3, 4)
+    torch.testing.assert_close(down(x), expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        Downsample(32, with_conv=False)(x), x.unfold(2, 2, 2).unfold(3, 2, 2).mean((-1, -2))
+    )
+
+
+def test_vector_quantizer_nearest_code_first_on_ties():
+    vq = randomise_(VectorQuantizer(n_embed=10, embed_dim=4).double(), seed=9)
+    with torch.no_grad():
+        vq.embedding.weight[7] = vq.embedding.weight[2]  # exact duplicate: index 2 must win
+    z = torch.randn(2, 4, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(10))
+    z[0, :, 0, 0] = vq.embedding.weight[7]
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 4)
+    expected = torch.cdist(flat, vq.embedding.weight).argmin(dim=1).reshape(2, 3, 5)
+    indices = vq.codes(z)
+    assert torch.equal(indices, expected) and indices[0, 0, 0] == 2
+
+
+def test_vector_quantizer_training_forward():
+    vq = randomise_(VectorQuantizer(n_embed=10, embed_dim=4, beta=0.25).double(), seed=11)
+    z = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    z_q, loss, indices = vq(z)
+    e = vq.lookup(indices)
+    torch.testing.assert_close(z_q, e)
+    torch.testing.assert_close(loss, 1.25 * ((z - e) ** 2).mean())
+    z_q.sum().backward()
+    assert torch.equal(z.grad, torch.ones_like(z))  # straight-through
+    vq.zero_grad()
+    loss.backward()
+    assert vq.embedding.weight.grad.abs().sum() > 0  # the codebook term trains the codes
+
+
+def test_gumbel_quantizer_eval_is_argmax_and_training_samples_codes():
+    gq = randomise_(GumbelQuantizer(z_channels=4, n_embed=10, embed_dim=4), seed=12)
+    z = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(13))
+    gq.eval()
+    z_q, _, indices = gq(z)
+    assert torch.equal(indices, gq.proj(z).argmax(dim=1)) and torch.equal(indices, gq.codes(z))
+    assert torch.equal(z_q, gq.lookup(indices))
+    gq.train()
+    z_q, loss, indices = gq(z)
+    torch.testing.assert_close(z_q, gq.lookup(indices))  # hard samples are codebook rows
+    (z_q.sum() + loss).backward()
+    assert gq.proj.weight.grad.abs().sum() > 0
+
+
+# --- structure: keys that follow from the config ---------------------------------------------
+
+
+def tiny_config(**ddconfig):
+    dd = {"double_z": False, "z_channels": 4, "resolution": 32, "in_channels": 3, "out_ch": 3,
+          "ch": 32, "ch_mult": [1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [8],
+          "dropout": 0.0, **ddconfig}
+    return config_from_dict({"model": {"target": "ldm.models.autoencoder.VQModel",
+                                       "params": {"embed_dim": 4, "n_embed": 8, "ddconfig": dd}}})
+
+
+def attention_keys(model):
+    return sorted({k.rsplit(".", 2)[0] for k in model.state_dict() if ".attn" in k})
+
+
+def test_attention_placement_follows_nominal_resolution():
+    # resolution 34, three levels: encoder levels are 34, 17, 8; decoder levels 32, 16, 8
+    model = build_vqgan(tiny_config(resolution=34, attn_resolutions=[17, 32]))
+    assert attention_keys(model) == [
+        "decoder.mid.attn_1", "decoder.up.0.attn.0", "decoder.up.0.attn.1",
+        "encoder.down.1.attn.0", "encoder.mid.attn_1",
+    ]
+
+
+def test_ldm_attention_variants():
+    assert attention_keys(build_vqgan(tiny_config(attn_type="none"))) == []
+    for variant in ({"attn_type": "linear"}, {"use_linear_attn": True}):
+        keys = build_vqgan(tiny_config(**variant)).state_dict()
+        assert [k for k in keys if k.startswith("encoder.mid.attn_1")] == [
+            "encoder.mid.attn_1.to_qkv.weight",
+            "encoder.mid.attn_1.to_out.weight",
+            "encoder.mid.attn_1.to_out.bias",
+        ]
+        assert keys["encoder.mid.attn_1.to_qkv.weight"].shape == (96, 32, 1, 1)
+    for attn_type in ("none", "linear"):
+        images = build_vqgan(tiny_config(attn_type=attn_type)).eval().decode(
+            torch.zeros(1, 3, 5, dtype=torch.long))
+        assert images.shape == (1, 3, 12, 20)
+
+
+@torch.no_grad()
+def test_tanh_out_and_resampling_without_conv():
+    plain = build_vqgan(tiny_config()).eval()
+    tanh = build_vqgan(tiny_config(tanh_out=True)).eval()
+    tanh.load_state_dict(plain.state_dict())
+    z = torch.randn(1, 4, 2, 3, generator=torch.Generator().manual_seed(14))
+    torch.testing.assert_close(tanh.decode_latent(z), plain.decode_latent(z).tanh())
+    no_conv = build_vqgan(tiny_config(resamp_with_conv=False))
+    assert not [k for k in no_conv.state_dict() if "sample" in k]
+    assert no_conv.eval().encode(torch.zeros(1, 3, 8, 12)).shape == (1, 2, 3)
