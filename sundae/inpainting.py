@@ -1,0 +1,71 @@
+"""Inpainting with a trained prior: pixel masks -> latent keep-masks, sampling with known tokens
+fixed, and the original | masked | inpaintings figure.
+
+Mask convention: in a mask image, WHITE (>= 128 after conversion to gray) marks pixels to
+REGENERATE and black marks pixels to keep. A latent position is kept only if every pixel of its
+f x f patch is kept.
+"""
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from sundae.errors import SundaeError
+from sundae.masks import block_mask, grid_keep_mask_from_pixels, random_block_mask
+from sundae.sampler import sample
+
+
+def read_mask_image(path, size):
+    """A mask PNG as an (H, W) bool tensor, True where pixels are to be regenerated."""
+    try:
+        with Image.open(path) as im:
+            gray = np.asarray(im.convert("L"))
+    except (OSError, ValueError) as e:
+        raise SundaeError(f"{path}: unreadable mask image ({e})") from None
+    if gray.shape != tuple(size):
+        raise SundaeError(f"{path}: mask is {gray.shape[0]}x{gray.shape[1]} (HxW), expected "
+                          f"{size[0]}x{size[1]}, the size of the image being inpainted")
+    return torch.from_numpy(gray >= 128)
+
+
+def regenerate_mask(size, mask_path=None, block=None, random_blocks=None, generator=None):
+    """(H, W) bool, True where to regenerate, from exactly one of: a mask image, a block
+    (y, x, h, w), or random blocks (n, size); all in the units of `size`."""
+    given = [m is not None for m in (mask_path, block, random_blocks)]
+    if sum(given) != 1:
+        raise SundaeError("give exactly one of --mask, --block, --random-blocks")
+    if mask_path is not None:
+        return read_mask_image(mask_path, size)
+    if block is not None:
+        return block_mask(*size, *block)
+    return random_block_mask(*size, *random_blocks, generator=generator)
+
+
+def latent_keep_mask(regenerate, f):
+    """Pixel regenerate-mask (H, W) -> latent keep-mask (H/f, W/f)."""
+    if f == 1:
+        return ~regenerate
+    return grid_keep_mask_from_pixels(~regenerate, f)
+
+
+def inpaint(prior, tokens, keep, sampling, nb_samples, cond=None, generator=None):
+    """K inpaintings of one grid: (h, w) tokens, (h, w) keep -> (K, h, w) tokens, kept ones fixed."""
+    device = prior.device
+    if cond is not None:
+        cond = torch.full((nb_samples,), int(cond), device=device)
+    result = sample(prior.model, tokens.to(device), sampling, num_tokens=prior.num_tokens,
+                    nb_samples=nb_samples, cond=cond, keep_mask=keep.to(device), generator=generator,
+                    device=device)
+    return result.tokens
+
+
+def masked_preview(image, keep, gray=0.0):
+    """(3, H, W) image with the regenerated latent patches painted gray, to show what was hidden."""
+    h, w = keep.shape
+    pixel_keep = F.interpolate(keep[None, None].float(), size=image.shape[-2:], mode="nearest")[0]
+    return image * pixel_keep + gray * (1 - pixel_keep)
+
+
+def figure_row(original, keep, inpaintings):
+    """original | masked | inpaintings, as one (K + 2, 3, H, W) batch for a grid row."""
+    return torch.cat([original[None], masked_preview(original, keep)[None], inpaintings])

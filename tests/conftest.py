@@ -1,0 +1,101 @@
+"""Shared test helpers: running the top-level scripts, tiny configs and datasets, the fixtures."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = REPO.parent / "shared" / "fixtures" / "vqgan"
+
+sys.path.insert(0, str(REPO))  # the scripts' packages and utils.py, without installing
+
+
+def run_script(script, *args, cwd=None, env=None, timeout=600):
+    """Run a top-level script in a fresh interpreter; returns the CompletedProcess."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd or REPO,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_user_error(proc, *fragments):
+    """A user mistake: exit status 2 and one `error: ...` line naming what was wrong."""
+    assert proc.returncode == 2, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
+
+
+def vqgan_fixture(name):
+    """Path of one conformance fixture directory, skipping when ../shared is absent."""
+    path = SHARED_FIXTURES / name
+    if not path.is_dir():
+        pytest.skip(f"VQ-GAN fixture {path} not present (../shared/fixtures/vqgan is handed out "
+                    "beside the checkout)")
+    return path
+
+
+def write_tiny_latents(root, n_train=64, n_eval=16, shape=(4, 4), vocab=5, classes=2, seed=0):
+    """A small structured latent dataset: each class is a fixed pattern with a little noise."""
+    from sundae.latents import create_latent_dataset
+
+    rng = np.random.default_rng(seed)
+    patterns = rng.integers(0, vocab, size=(classes, *shape))
+    class_names = [f"c{i}" for i in range(classes)] if classes else None
+    with create_latent_dataset(root, vocab, shape, class_names, {"created_by": "tests"}) as add_split:
+        for name, n in (("train", n_train), ("eval", n_eval)):
+            labels = rng.integers(0, max(classes, 1), size=n)
+            grids = patterns[labels] if classes else rng.integers(0, vocab, size=(n, *shape))
+            noise = rng.random(grids.shape) < 0.05
+            grids = np.where(noise, rng.integers(0, vocab, size=grids.shape), grids)
+            add_split(name, n).write(0, grids, labels if classes else None, [f"row{i}" for i in range(n)])
+    return Path(root)
+
+
+TINY_CONFIG = """\
+unroll_steps = 2
+
+[trainer]
+    exp_name = 'tiny'
+    batch_size = 8
+    learning_rate = 3e-3
+    max_steps = 20
+    eval_frequency = 10
+    eval_batches = 1
+    checkpoint_frequency = 10
+    ema_decay = 0.9
+    log_frequency = 1
+    runs_dir = '{runs}'
+
+[data]
+    root = '{data}'
+    vocab_size = 5
+    latent_shape = [4, 4]
+
+[sampling]
+    steps = 6
+    nb_samples = 4
+    min_steps = 2
+
+[net]
+    type = 'hourglass'
+    dim = 32
+    nb_heads = 2
+    depth = [1, 1, 1]
+    shorten_factor = 4
+    conditional = true
+    num_classes = 2
+"""
+
+
+def write_tiny_config(tmp_path, text=TINY_CONFIG, **fields):
+    """Write a tiny TOML config (and its dataset) under tmp_path; returns the config path."""
+    data = tmp_path / "latents"
+    if not data.exists():
+        write_tiny_latents(data)
+    path = tmp_path / "tiny.toml"
+    path.write_text(text.format(runs=tmp_path / "runs", data=data, **fields))
+    return path
