@@ -20,10 +20,8 @@ FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vqgan"
 NAMES = sorted(p.parent.name for p in FIXTURES.glob("*/config.yaml"))
 ATOL = 1e-4  # sound for every fixture (README: float32 noise is ~3e-6, real bugs >= 8e-4)
 
-fixture_names = pytest.mark.parametrize(
-    "name",
-    NAMES or [pytest.param(None, marks=pytest.mark.skip(reason=f"no VQ-GAN fixtures in {FIXTURES}"))],
-)
+NO_FIXTURES = pytest.mark.skip(reason=f"no VQ-GAN fixtures in {FIXTURES}")
+fixture_names = pytest.mark.parametrize("name", NAMES or [pytest.param(None, marks=NO_FIXTURES)])
 
 
 @pytest.fixture(autouse=True, scope="module")

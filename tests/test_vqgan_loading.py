@@ -9,6 +9,7 @@ import os
 import pickle
 import sys
 import types
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,11 @@ AE_PARAMS = {
         "ch": 32, "ch_mult": [1, 1], "num_res_blocks": 1, "attn_resolutions": [8],
         "dropout": 0.0,
     },
-    "lossconfig": {"target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator"},
+    "lossconfig": {
+        "target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
+        # never read, so it must not matter that this interpolation cannot resolve
+        "params": {"perceptual_weight": "${oc.env:NO_SUCH_VARIABLE_FOR_VQGAN_TESTS}"},
+    },
 }
 TINY = {
     "model": {"base_learning_rate": 4.5e-6, "target": "taming.models.vqgan.VQModel",
@@ -210,6 +215,9 @@ def test_exploit_inside_checkpoint_is_neutralised(tiny, tmp_path):
     marker = tmp_path / "pwned"
     ckpt = tmp_path / "exploit.ckpt"
     torch.save(lightning_checkpoint(source.state_dict(), hyper_parameters=Exploit(marker)), ckpt)
+    torch.load(ckpt, weights_only=False)  # control: a plain unpickler does run the command
+    assert marker.exists()
+    marker.unlink()
     with pytest.raises(pickle.UnpicklingError):  # torch's own safe loader refuses the file
         torch.load(ckpt, weights_only=True)
     model = load_vqgan(cfg, ckpt)  # the weights still load...
@@ -302,7 +310,7 @@ def test_invalid_yaml(tiny, tmp_path):
         (lambda c: c["model"]["params"].pop("ddconfig"), None, "'model.params.ddconfig'"),
         (lambda c: c["model"]["params"].pop("n_embed"), None, "'model.params.n_embed'"),
         (lambda c: c["model"]["params"]["ddconfig"].pop("ch"), None, "'model.params.ddconfig.ch'"),
-        (lambda c: c["model"]["params"]["ddconfig"].update(ch="32"), None, "ddconfig.ch' must be int"),
+        (lambda c: c["model"]["params"]["ddconfig"].update(ch="32"), None, ".ch' must be int"),
         (lambda c: c, True, "'model.params.first_stage_config'"),
     ],
 )
@@ -314,6 +322,18 @@ def test_config_errors_name_file_and_key(tiny, tmp_path, edit, legacy_cfg, key):
     with pytest.raises(VQGANError) as err:
         load_vqgan(path, ckpt, legacy_cfg=legacy_cfg)
     assert str(path) in str(err.value) and key in str(err.value)
+
+
+def test_interpolations_resolve_where_read(tmp_path):
+    cfg = copy.deepcopy(TINY)
+    cfg["model"]["params"]["ddconfig"]["z_channels"] = "${model.params.embed_dim}"
+    cfg["model"]["params"]["ddconfig"]["ch_mult"] = [1, "${model.params.embed_dim}"]
+    config = read_config(write_yaml(tmp_path / "interp.yaml", cfg))
+    assert config.ddconfig.z_channels == 4 and config.ddconfig.ch_mult == (1, 4)
+    cfg["model"]["params"]["ddconfig"]["ch"] = "${oc.env:NO_SUCH_VARIABLE_FOR_VQGAN_TESTS}"
+    path = write_yaml(tmp_path / "broken.yaml", cfg)
+    with pytest.raises(VQGANError, match=f"{path}: cannot resolve 'model.params.ddconfig.ch'"):
+        read_config(path)
 
 
 def test_forcing_plain_layout_on_a_net2net_config(tmp_path):
@@ -358,6 +378,17 @@ def test_truncated_checkpoint(tiny, tmp_path):
         load_vqgan(cfg, garbage)
 
 
+def test_torchscript_archive_is_refused(tiny, tmp_path):
+    """torch.load would pass such a file to torch.jit.load, which runs the archive's code."""
+    cfg, _, _ = tiny
+    archive = tmp_path / "scripted.pt"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("scripted/data.pkl", pickle.dumps({}))
+        z.writestr("scripted/constants.pkl", pickle.dumps(()))
+    with pytest.raises(VQGANError, match=f"{archive}: a TorchScript archive"):
+        load_vqgan(cfg, archive)
+
+
 def test_checkpoint_missing_a_key(tiny, tmp_path):
     cfg, _, source = tiny
     state = dict(source.state_dict())
@@ -386,7 +417,8 @@ def test_checkpoint_of_another_config(tiny, tmp_path):
 
 
 def test_fixture_checkpoint_of_another_fixture_config():
-    f4, shortcut, legacy = (fixture_dir(n) for n in ("taming-f4", "taming-f2-shortcut", "taming-legacy"))
+    names = ("taming-f4", "taming-f2-shortcut", "taming-legacy")
+    f4, shortcut, legacy = (fixture_dir(name) for name in names)
     with pytest.raises(VQGANError, match="shape mismatch: encoder.down.0.block.0.conv1.weight"):
         load_vqgan(f4 / "config.yaml", shortcut / "model.pth")
     # plain config, Net2Net checkpoint: every autoencoder key sits under first_stage_model.

@@ -31,7 +31,8 @@ def load_autoencoder_state(path, key_prefix="") -> dict[str, torch.Tensor]:
     path = _existing_file(path)
 
     def wanted(key):
-        return key.startswith(key_prefix) and key[len(key_prefix):].startswith(AUTOENCODER_PREFIXES)
+        rest = key[len(key_prefix):]
+        return key.startswith(key_prefix) and rest.startswith(AUTOENCODER_PREFIXES)
 
     if path.suffix == ".safetensors":
         return _read_safetensors(path, wanted, strip=len(key_prefix))
@@ -66,6 +67,9 @@ def _torch_load(path):
     # memory-map zip checkpoints so a multi-GB file is paged in lazily, and the tensors that
     # are never selected are never read; legacy (pre-1.6) files cannot be mapped
     mmap = zipfile.is_zipfile(path)
+    if mmap and _is_torchscript(path):
+        # torch.load(weights_only=False) would hand it to torch.jit.load, which runs its code
+        raise VQGANError(f"cannot read checkpoint {path}: a TorchScript archive, not a state_dict")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
@@ -78,6 +82,14 @@ def _torch_load(path):
         )
     except Exception as e:
         raise VQGANError(f"cannot read checkpoint {path}: {_first_line(e)}") from None
+
+
+def _is_torchscript(path):
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    except zipfile.BadZipFile:
+        return False  # torch.load reports the damage with a better message
 
 
 def _state_dict_of(checkpoint, path):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from vqgan.errors import VQGANError
 
@@ -87,11 +88,7 @@ def read_config(path, legacy_cfg=None) -> VQGANConfig:
 
 def config_from_dict(raw, source="<dict>", legacy_cfg=None) -> VQGANConfig:
     """Parse a whole config (a dict or DictConfig with a top-level `model:`), as in a YAML file."""
-    if OmegaConf.is_config(raw):
-        if not OmegaConf.is_dict(raw):
-            raise VQGANError(f"{source}: expected a mapping with a 'model' key at the top level")
-        raw = _to_plain(raw, source)
-    if not isinstance(raw, dict):
+    if not _is_mapping(raw):
         raise VQGANError(f"{source}: expected a mapping with a 'model' key at the top level")
     reader = _Reader(source)
     model = reader.mapping(raw, "model", "")
@@ -178,19 +175,11 @@ def _ddconfig(reader, dd, where) -> DDConfig:
     )
 
 
-def _to_plain(raw, source):
-    """DictConfig -> dict, resolving interpolations only inside the `model` section, so that
-    `${...}` in `data:` or `lightning:` cannot break loading."""
-    try:
-        model = raw.get("model")
-        if OmegaConf.is_config(model):
-            model = OmegaConf.to_container(model, resolve=True)
-    except Exception as e:  # omegaconf raises many types for bad interpolations
-        raise VQGANError(f"{source}: cannot resolve the 'model' section: {e}") from None
-    return {"model": model}
-
-
 _MISSING = object()
+
+
+def _is_mapping(value):
+    return isinstance(value, dict) or OmegaConf.is_dict(value)
 
 
 class _Reader:
@@ -201,15 +190,30 @@ class _Reader:
 
     def value(self, mapping, key, where, kind, default=_MISSING):
         path = f"{where}.{key}" if where else key
-        if key not in mapping or mapping[key] is None:
+        value = self._lookup(mapping, key, path)
+        if value is None:
             if default is _MISSING:
                 raise VQGANError(f"{self.source}: missing key '{path}'")
             return default
-        value = mapping[key]
+        if kind is dict:
+            if not _is_mapping(value):
+                raise VQGANError(f"{self.source}: '{path}' must be a mapping, got {value!r}")
+            return value
         # bool is an int subclass: `ch: true` must not pass as 1
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
             raise VQGANError(f"{self.source}: '{path}' must be {names}, got {value!r}")
+        return value
+
+    def _lookup(self, mapping, key, path):
+        """The value at `key`, or None. Interpolations (`${...}`) resolve here, so only the
+        keys we read must resolve; sub-mappings stay OmegaConf nodes until read in turn."""
+        try:
+            value = mapping.get(key)
+            if OmegaConf.is_list(value):
+                value = OmegaConf.to_container(value, resolve=True)
+        except OmegaConfBaseException as e:
+            raise VQGANError(f"{self.source}: cannot resolve '{path}': {e}") from None
         return value
 
     def mapping(self, mapping, key, where):

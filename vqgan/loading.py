@@ -13,6 +13,7 @@ def load_vqgan(config_path, ckpt_path, legacy_cfg=None, device="cpu") -> VQGAN:
     `legacy_cfg`: None detects a combined Net2Net config, True forces that reading, False forces
     the plain one. The model comes back in eval mode with gradients off.
     """
+    device = _device(device)
     config = read_config(config_path, legacy_cfg)
     state = load_autoencoder_state(ckpt_path, config.key_prefix)
     where = f"checkpoint {ckpt_path} does not fit config {config_path}"
@@ -20,7 +21,7 @@ def load_vqgan(config_path, ckpt_path, legacy_cfg=None, device="cpu") -> VQGAN:
         prefixes = ", ".join(config.key_prefix + p for p in AUTOENCODER_PREFIXES)
         hint = (
             "; a combined (Net2Net) checkpoint needs its combined config or legacy_cfg=True"
-            if not config.key_prefix else "; is it a plain VQ-GAN checkpoint? try legacy_cfg=False"
+            if not config.key_prefix else "; a plain VQ-GAN checkpoint needs its own VQ-GAN config"
         )
         raise VQGANError(f"{where}: no autoencoder weights (no key starts with {prefixes}){hint}")
     # shapes only, no memory and no random init: every parameter comes from the checkpoint
@@ -30,6 +31,16 @@ def load_vqgan(config_path, ckpt_path, legacy_cfg=None, device="cpu") -> VQGAN:
     model = model.to_empty(device=device)
     model.load_state_dict(state, strict=True)
     return model.eval().requires_grad_(False)
+
+
+def _device(name):
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise VQGANError(f"invalid device {name!r}; expected e.g. 'cpu' or 'cuda'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VQGANError(f"device {name!r} requested but CUDA is not available")
+    return device
 
 
 def check_state_dict(model, state, where):
