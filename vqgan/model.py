@@ -11,8 +11,16 @@ from vqgan.errors import VQGANError
 from vqgan.modules import Decoder, Encoder
 from vqgan.quantize import GumbelQuantizer, VectorQuantizer
 
+INDEX_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.uint16, torch.int32, torch.int64)
+
 
 class VQGAN(nn.Module):
+    """encode: images (B, 3, H, W) -> indices (B, H/f, W/f); decode: the way back.
+
+    `encode_prequant` / `decode_latent` expose the continuous latents on either side of the
+    quantizer; `forward` is the training pass.
+    """
+
     def __init__(self, config: VQGANConfig):
         super().__init__()
         dd = config.ddconfig
@@ -46,7 +54,13 @@ class VQGAN(nn.Module):
         return self.config.ddconfig.resolution
 
     def latent_shape(self, height, width) -> tuple[int, int]:
-        return height // self.downsample_factor, width // self.downsample_factor
+        """The index grid (h, w) of an H x W image."""
+        f = self.downsample_factor
+        if height % f or width % f:
+            raise VQGANError(
+                f"image size {height}x{width} is not divisible by the downsample factor f={f}"
+            )
+        return height // f, width // f
 
     def encode_prequant(self, x):
         """Continuous latent fed to the quantizer: (B, 3, H, W) -> (B, embed_dim, H/f, W/f)."""
@@ -72,22 +86,16 @@ class VQGAN(nn.Module):
         return self.decode_latent(z_q), qloss, indices
 
     def _check_images(self, x):
-        f = self.downsample_factor
         channels = self.config.ddconfig.in_channels
         if x.ndim != 4 or x.shape[1] != channels or not x.is_floating_point():
             raise VQGANError(
                 f"images must be a float tensor (B, {channels}, H, W), "
                 f"got {x.dtype} of shape {tuple(x.shape)}"
             )
-        if x.shape[2] % f or x.shape[3] % f:
-            raise VQGANError(
-                f"image size {x.shape[2]}x{x.shape[3]} (input shape {tuple(x.shape)}) "
-                f"is not divisible by the downsample factor f={f}"
-            )
+        self.latent_shape(x.shape[2], x.shape[3])
 
     def _as_indices(self, indices):
-        if indices.ndim != 3 or indices.dtype.is_floating_point or indices.dtype.is_complex \
-                or indices.dtype == torch.bool:
+        if indices.ndim != 3 or indices.dtype not in INDEX_DTYPES:
             raise VQGANError(
                 f"indices must be an integer tensor (B, h, w), "
                 f"got {indices.dtype} of shape {tuple(indices.shape)}"

@@ -19,6 +19,8 @@ def group_norm(channels):
 
 
 class ResnetBlock(nn.Module):
+    """Two pre-norm 3x3 convs with swish, added onto the (projected) input."""
+
     def __init__(self, in_ch, out_ch, dropout=0.0):
         super().__init__()
         self.norm1 = group_norm(in_ch)
