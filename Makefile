@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-fast demo clean-demo
+.PHONY: test test-fast demo
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,3 +19,19 @@ test: $(STAMP)
 # Skip the tests marked slow, for quick iteration.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slow"
+
+# The main job on the embedded default: build the digits dataset (bundled with scikit-learn),
+# train the prior on the CPU for a few minutes, then sample, inpaint and score the samples.
+DEMO := demo-out
+demo: $(STAMP)
+	rm -rf $(DEMO)
+	$(PY) generate-discrete-mnist.py digits data/digits --overwrite
+	$(PY) train.py --cfg-path config/digits.toml --overwrite
+	$(PY) sample.py --cfg-path config/digits.toml --resume runs/digits/checkpoints/last.ckpt \
+		--nb-samples 100 --batch-size 100 --out-dir $(DEMO)/samples \
+		--save-latents $(DEMO)/samples.npy --grid $(DEMO)/samples.png
+	$(PY) inpaint.py --dataset-rows 0 1 2 3 4 5 --cfg-path config/digits.toml \
+		--resume runs/digits/checkpoints/last.ckpt --block 4 0 4 8 --nb-samples 6 \
+		--out-dir $(DEMO)/inpainting
+	$(PY) bench/digits_quality.py $(DEMO)/samples.npy --data data/digits
+	@echo "samples: $(DEMO)/samples.png  inpainting: $(DEMO)/inpainting/"

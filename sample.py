@@ -10,8 +10,9 @@ On several GPUs, give each process its own range:
 """
 import argparse
 import json
+import math
 
-from sundae.bulk import bulk_sample
+from sundae.bulk import bulk_sample, save_sample_grid
 from sundae.errors import SundaeError
 from sundae.pretrained import add_sampling_args, load_prior, sampling_config
 from utils import default_device, run_cli
@@ -26,6 +27,7 @@ def parse_args(argv):
     p.add_argument("--class-idx", type=int, default=None, help="class of every sample (conditional models)")
     p.add_argument("--out-dir", default="samples")
     p.add_argument("--save-latents", default=None, metavar="FILE.npy", help="also save the token grids")
+    p.add_argument("--grid", default=None, metavar="FILE.png", help="also tile all samples into one image")
     p.add_argument("--count-offset", type=int, default=0, help="number of the first sample file")
     p.add_argument("--device", default=None, help="device of the prior (default: cuda when available)")
     p.add_argument("--vqgan-device", default="cpu", help="device of the VQ-GAN decoder")
@@ -55,6 +57,10 @@ def main(argv=None):
         print("steps used histogram: " + json.dumps(summary["steps_histogram"]))
     else:
         print(f"all {nb_samples} samples already in {args.out_dir}; nothing to do")
+    if args.grid:
+        indices = range(args.count_offset, args.count_offset + nb_samples)
+        save_sample_grid(args.out_dir, indices, args.grid, nrow=max(1, int(math.sqrt(nb_samples))))
+        print(f"wrote {args.grid}")
     print(f"wrote {args.out_dir} (summary.json)")
 
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.utils import save_image
+from torchvision.io import ImageReadMode, read_image, write_png
+from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from sundae.errors import SundaeError
@@ -89,6 +90,14 @@ def bulk_sample(prior, sampling, out_dir, nb_samples, batch_size=16, count_offse
     with atomic_path(out_dir / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def save_sample_grid(out_dir, indices, path, nrow=8):
+    """Tile already written sample PNGs into one grid image (works after a resumed run too)."""
+    images = [read_image(str(sample_path(out_dir, i)), ImageReadMode.RGB) for i in indices]
+    grid = make_grid(torch.stack(images), nrow=nrow, padding=2)  # uint8 (3, H', W')
+    with atomic_path(path) as tmp:
+        write_png(grid, str(tmp))
 
 
 def _open_latents(path, n, shape, num_tokens):
