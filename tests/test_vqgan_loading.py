@@ -12,6 +12,7 @@ import types
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -131,8 +132,6 @@ def test_bare_state_dict_safetensors_and_half_precision(tiny, tmp_path):
 
 def test_fixture_exported_as_bare_state_dict_and_safetensors(tmp_path):
     """A real Lightning fixture re-saved in the other two containers gives the same indices."""
-    import numpy as np
-
     d = fixture_dir("taming-f4")
     state = load_state_dict(d / "model.ckpt")
     autoencoder = {k: v for k, v in state.items() if not k.startswith("loss.")}
@@ -276,6 +275,8 @@ def test_old_lightning_metadata_from_unimportable_classes(tiny, tmp_path, monkey
     torch.save(lightning_checkpoint(source.state_dict(), **metadata), ckpt)
     monkeypatch.delitem(sys.modules, stub.__name__)
 
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(ckpt, weights_only=True)
     model = load_vqgan(cfg, ckpt)
     assert_same_weights(model, source)
     assert stub.__name__ not in sys.modules
