@@ -13,6 +13,8 @@ level (`depth` a triple (pre, valley, post)) on an h x w grid, with s = sqrt(sho
     x     = x + up(short)          # the residual around the valley, as in the paper
     x     = post blocks(x)         # (B, h, w, d)
 
+With attention resampling the pooled vector of a patch then attends to that patch's tokens, and
+on the way up each token attends to the pre-valley tokens of its own patch.
 Activations keep their (B, h, w, d) grid shape between levels, so shortening always pools 2D
 s x s patches and never runs of the flattened sequence. The paper shifts tokens right before
 shortening to stay causal; this model is non-causal (every token sees every token), so there is
@@ -59,7 +61,11 @@ class Attention(nn.Module):
         self.to_out = nn.Linear(inner, cfg.dim)
 
     def qkv(self, x, context=None, rotary=None):
-        """Queries, keys, values per head, (B, heads, L, dim_head); q and k rotated if `rotary`."""
+        """Queries, keys, values per head, (B, heads, L, dim_head).
+
+        `rotary` = (cos, sin) from axial_rotary rotates q and k; only for self-attention, where
+        queries and keys sit on the same grid.
+        """
         context = x if context is None else context
         q = rearrange(self.to_q(x), "b n (h e) -> b h n e", h=self.heads)
         k, v = rearrange(self.to_kv(context), "b n (two h e) -> two b h n e", two=2, h=self.heads)
