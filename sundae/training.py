@@ -76,7 +76,11 @@ class SundaeModule(pl.LightningModule):
         self.log("lr", self.optimizers().param_groups[0]["lr"])
         return out.loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        optimizer.step(closure=optimizer_closure)
+        # Here, not in on_train_batch_end: checkpoint callbacks run before the module's batch-end
+        # hook, so a checkpoint would hold an EMA one update behind its model and a resumed run
+        # would lose that update.
         if self.ema is not None:
             self.ema.update_parameters(self.model)
 
