@@ -60,14 +60,6 @@ def main(argv=None):
 
     run_dir = Path(cfg.trainer.runs_dir) / cfg.trainer.exp_name
     checkpoints = run_dir / "checkpoints"
-    if rank_zero_only.rank == 0:
-        if any(checkpoints.glob("*.ckpt")) and not (args.resume or args.overwrite or args.no_save):
-            raise SundaeError(f"{checkpoints}: holds checkpoints of an earlier run; pass --resume "
-                              f"{checkpoints / 'last.ckpt'} to continue it, --overwrite to start "
-                              "over, or change trainer.exp_name")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(args.cfg_path, run_dir / "config.toml")
-
     module = SundaeModule(cfg, seed=args.seed, run_dir=run_dir, vqgan=vqgan)
     module.model.eval()
     with torch.no_grad():
@@ -78,6 +70,14 @@ def main(argv=None):
             raise SundaeError(f"{args.cfg_path}: [net] does not fit latent shape "
                               f"{cfg.data.latent_shape}: {e}") from None
     module.model.train()
+
+    if rank_zero_only.rank == 0:
+        if any(checkpoints.glob("*.ckpt")) and not (args.resume or args.overwrite or args.no_save):
+            raise SundaeError(f"{checkpoints}: holds checkpoints of an earlier run; pass --resume "
+                              f"{checkpoints / 'last.ckpt'} to continue it, --overwrite to start "
+                              "over, or change trainer.exp_name")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args.cfg_path, run_dir / "config.toml")
 
     tr = cfg.trainer
     callbacks = [pl.callbacks.LearningRateMonitor(logging_interval="step")] if args.wandb else []
