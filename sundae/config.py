@@ -118,7 +118,12 @@ class Config:
 # --- parsing ---------------------------------------------------------------------------------
 
 def _type_name(tp):
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    """`Optional[list[int]]` -> "list[int]": TOML has no null, so None is never worth naming."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(t) for t in typing.get_args(tp) if t is not type(None))
+    if typing.get_origin(tp) is not None:  # a generic alias such as list[int]
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
 
 
 def _check_value(value, tp, where):
