@@ -99,3 +99,54 @@ def write_tiny_config(tmp_path, text=TINY_CONFIG, **fields):
     path = tmp_path / "tiny.toml"
     path.write_text(text.format(runs=tmp_path / "runs", data=data, **fields))
     return path
+
+
+def run_main(script, *args):
+    """Run a top-level script's `main` in this interpreter through utils.run_cli, as run_script
+    would run it in a fresh one, but without paying the start-up (torch, Lightning) again.
+
+    Returns a CompletedProcess (returncode, stdout, stderr) so `assert_user_error` applies. The
+    environment (PL_GLOBAL_SEED, ...) and torch's global RNG are restored afterwards.
+    """
+    import contextlib
+    import importlib.util
+    import io
+
+    import torch
+
+    from utils import run_cli
+
+    path = REPO / script
+    spec = importlib.util.spec_from_file_location(f"_script_{path.stem.replace('-', '_')}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = [str(a) for a in args]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved_env, saved_rng = dict(os.environ), torch.get_rng_state()
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                run_cli(module.main, argv)
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        torch.set_rng_state(saved_rng)
+    return subprocess.CompletedProcess([script, *argv], code, stdout.getvalue(), stderr.getvalue())
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread: the tiny models gain nothing from more, and on a shared 2-core
+    machine two spinning threads per process make each step many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1"}  # for run_script: see single_thread
