@@ -11,7 +11,7 @@ import torch
 
 from sundae.errors import SundaeError
 from sundae.images import list_class_images, list_images
-from sundae.encode import encode_images
+from sundae.encode import encode_images, image_size
 from sundae.latents import create_latent_dataset, sha256_of
 from utils import default_device, run_cli
 from vqgan import load_vqgan
@@ -46,10 +46,7 @@ def main(argv=None):
     vqgan = load_vqgan(args.cfg_path, args.ckpt_path, legacy_cfg=True if args.legacy_cfg else None,
                        device=device)
     f = vqgan.downsample_factor
-    size = tuple(args.resolution) if args.resolution else (vqgan.resolution, vqgan.resolution)
-    if size[0] % f or size[1] % f:
-        raise SundaeError(f"--resolution {size[0]} {size[1]}: both sides must be divisible by the "
-                          f"VQ-GAN's downsample factor {f}")
+    size = image_size(vqgan, args.resolution)
 
     if Path(args.dataset_in).is_file():
         raise SundaeError(f"{args.dataset_in}: --dataset-in must be a directory of images")

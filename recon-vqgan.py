@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from sundae.encode import encode_images
+from sundae.encode import encode_images, image_size
 from sundae.errors import SundaeError
 from sundae.images import list_images, open_rgb, image_transform, psnr, save_png
 from utils import default_device, run_cli
@@ -36,10 +36,7 @@ def main(argv=None):
     vqgan = load_vqgan(args.cfg_path, args.ckpt_path, legacy_cfg=True if args.legacy_cfg else None,
                        device=device)
     f = vqgan.downsample_factor
-    size = tuple(args.resolution) if args.resolution else (vqgan.resolution, vqgan.resolution)
-    if size[0] % f or size[1] % f:
-        raise SundaeError(f"--resolution {size[0]} {size[1]}: both sides must be divisible by the "
-                          f"VQ-GAN's downsample factor {f}")
+    size = image_size(vqgan, args.resolution)
     files = list_images(args.images)
     encoded = encode_images(vqgan, files, size, batch_size=args.batch_size, device=device, progress=False)
     for path in encoded.skipped:

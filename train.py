@@ -87,7 +87,7 @@ def main(argv=None):
             every_n_train_steps=tr.checkpoint_frequency, save_top_k=-1, save_last=True))
     logger = (WandbLogger(project=args.wandb_project, name=tr.exp_name, save_dir=str(run_dir),
                           config=dataclasses.asdict(cfg))
-              if args.wandb else CSVLogger(save_dir=str(run_dir), name="", version=""))
+              if args.wandb else CSVLogger(save_dir=str(run_dir), name="logs"))  # logs/version_N: one per run
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices

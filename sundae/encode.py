@@ -5,6 +5,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sundae.errors import SundaeError
 from sundae.images import ImageFiles, collate_skipping_unreadable
 
 
@@ -15,6 +16,16 @@ class EncodedImages:
     flipped: list                      # whether each row is the mirrored copy
     file_index: np.ndarray             # (N,) index into the input file list of each row
     skipped: list = field(default_factory=list)  # unreadable files
+
+
+def image_size(vqgan, resolution=None):
+    """The (H, W) images are brought to: `resolution` if given, else the VQ-GAN's own."""
+    f = vqgan.downsample_factor
+    size = tuple(resolution) if resolution else (vqgan.resolution, vqgan.resolution)
+    if size[0] % f or size[1] % f:
+        raise SundaeError(f"--resolution {size[0]} {size[1]}: both sides must be divisible by the "
+                          f"VQ-GAN's downsample factor {f}")
+    return size
 
 
 @torch.inference_mode()

@@ -32,9 +32,12 @@ def renamed(text, exp_name):
 
 
 def metrics(run_dir, column):
-    """(step, value) of every row of the CSV log that has `column`."""
-    with open(run_dir / "metrics.csv") as f:
-        return [(int(row["step"]), float(row[column])) for row in csv.DictReader(f) if row.get(column)]
+    """(step, value) of every row of the CSV logs that has `column`, over all runs in run_dir."""
+    rows = []
+    for log in sorted((run_dir / "logs").glob("version_*/metrics.csv")):
+        with open(log) as f:
+            rows += [(int(row["step"]), float(row[column])) for row in csv.DictReader(f) if row.get(column)]
+    return rows
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +105,7 @@ def test_no_save_writes_no_checkpoints(tmp_path):
     cfg = write_tiny_config(tmp_path, renamed(TINY_CONFIG, "nosave"))
     expect_ok(run_main("train.py", "--cfg-path", cfg, "--max-steps", 3, "--no-save"))
     run_dir = tmp_path / "runs" / "nosave"
-    assert (run_dir / "metrics.csv").is_file()
+    assert (run_dir / "logs" / "version_0" / "metrics.csv").is_file()
     assert not list(run_dir.rglob("*.ckpt")) and not (run_dir / "checkpoints").exists()
 
 
