@@ -52,7 +52,8 @@ def parse_args(argv):
     p.add_argument("--nb-workers", type=int, help="data loader workers (overrides data.params.num_workers)")
     p.add_argument("--no-save", action="store_true", help="write no checkpoints")
     p.add_argument("--overwrite", action="store_true",
-                   help="train into a run directory that already holds checkpoints, without resuming")
+                   help="start over in a run directory that holds an earlier run (its checkpoints "
+                        "and reconstructions are deleted; logs are kept)")
     return p.parse_args(argv)
 
 
@@ -118,6 +119,10 @@ def main(argv=None):
             raise VQGANError(f"{checkpoints}: holds checkpoints of an earlier run; pass --resume "
                              f"{checkpoints / 'last.ckpt'} to continue it, --overwrite to start "
                              "over, or choose another --run-dir")
+        if args.overwrite and not args.resume:
+            # start over: left in place, Lightning would write last-v1.ckpt beside the old last.ckpt
+            for old in (checkpoints, run_dir / "reconstructions"):
+                shutil.rmtree(old, ignore_errors=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         if Path(args.cfg_path).resolve() != (run_dir / "config.yaml").resolve():
             shutil.copyfile(args.cfg_path, run_dir / "config.yaml")

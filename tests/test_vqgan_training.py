@@ -226,6 +226,8 @@ def test_resume_continues_identically(tiny_run, tmp_path):
             torch.testing.assert_close(resumed["optimizer_states"][opt]["state"][key], value,
                                        rtol=0, atol=1e-6)
     assert torch.equal(resumed["codebook_counts"], straight["codebook_counts"])
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "last.ckpt", "step-0000006.ckpt", "step-0000012.ckpt"]
     # the resumed run's metrics continue the first's step numbering
     assert [s for s, _ in metrics(run_dir, "eval/psnr")] == [5, 11]
 
@@ -305,6 +307,19 @@ def test_existing_checkpoints_without_resume_exit_2(tiny_run):
                     "--run-dir", tiny_run.run_dir)
     assert_user_error(proc, "holds checkpoints of an earlier run", "--resume", "--overwrite")
     assert {p.name: p.stat().st_mtime_ns for p in (tiny_run.run_dir / "checkpoints").iterdir()} == before
+
+
+def test_overwrite_starts_over_and_replaces_the_checkpoints(tiny_run, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ("--cfg-path", tiny_run.cfg, "--dataset", tiny_run.images, "--run-dir", run_dir)
+    train(*args, "--max-steps", 6)
+    stale = run_dir / "reconstructions" / "step-0000006.png"
+    assert stale.is_file()
+    train(*args, "--max-steps", 3, "--overwrite")
+    # no last-v1.ckpt beside a stale last.ckpt: the earlier run's files are gone
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert load(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 3
+    assert not stale.exists()
 
 
 def test_resuming_a_checkpoint_of_another_architecture_exits_2(tiny_run, tmp_path):
