@@ -28,7 +28,7 @@ from vqgan.checkpoint import load_state_dict
 from vqgan.errors import VQGANError
 from vqgan.loading import check_state_dict
 from vqgan.lpips import load_lpips
-from vqgan.training import VQGANModule, learning_rate
+from vqgan.training import LastCheckpoint, VQGANModule, learning_rate
 from vqgan.training_config import PRECISIONS, load_train_config
 from vqgan.training_data import ImageDataModule, scan_images, split_files
 
@@ -135,7 +135,8 @@ def main(argv=None):
     if not args.no_save:
         callbacks.append(pl.callbacks.ModelCheckpoint(
             dirpath=checkpoints, filename="step-{step:07d}", auto_insert_metric_name=False,
-            every_n_train_steps=tr.checkpoint_every, save_top_k=-1, save_last=True))
+            every_n_train_steps=tr.checkpoint_every, save_top_k=-1, save_last=False))
+        callbacks.append(LastCheckpoint(checkpoints / "last.ckpt", tr.checkpoint_every))
     logger = (WandbLogger(project=args.wandb_project, name=run_dir.name, save_dir=str(run_dir),
                           config=cfg.raw)
               if args.wandb else CSVLogger(save_dir=str(run_dir), name="logs"))  # logs/version_N

@@ -9,7 +9,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import assert_user_error, run_main, vqgan_fixture
+from conftest import ONE_THREAD_ENV, assert_user_error, run_main, run_script, vqgan_fixture
 from vqgan import load_vqgan
 from vqgan.training import perplexity, restart_dead_codes
 from vqgan.training_config import MAX_CODES
@@ -207,13 +207,14 @@ def test_reconstruction_error_falls(tmp_path):
 
 @pytest.mark.slow
 def test_resume_continues_identically(tiny_run, tmp_path):
-    # 6 steps, stop, resume for 6 more: the same weights, optimiser moments, BatchNorm statistics
+    # 8 steps, stop, resume up to 12: the same weights, optimiser moments, BatchNorm statistics
     # and code counts as the 12 straight steps. The stop sits mid-window (codebook_window = 3 ends
-    # at 3, 6, 9, 12; restarts included), after disc_start (4), and at an evaluation.
+    # at 3, 6, 9, 12; restarts included), after disc_start (4) and between checkpoints (every 6):
+    # last.ckpt still holds the final step.
     run_dir = tmp_path / "run"
     args = ("--cfg-path", tiny_run.cfg, "--dataset", tiny_run.images, "--run-dir", run_dir, "--seed", 1)
-    train(*args, "--max-steps", 6)
-    assert load(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 6
+    train(*args, "--max-steps", 8)
+    assert load(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 8
     train(*args, "--resume", run_dir / "checkpoints" / "last.ckpt")
 
     straight, resumed = load(tiny_run.last), load(run_dir / "checkpoints" / "last.ckpt")
@@ -230,6 +231,22 @@ def test_resume_continues_identically(tiny_run, tmp_path):
         "last.ckpt", "step-0000006.ckpt", "step-0000012.ckpt"]
     # the resumed run's metrics continue the first's step numbering
     assert [s for s, _ in metrics(run_dir, "eval/psnr")] == [5, 11]
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp(tiny_run, tmp_path):
+    # both optimisers under DDP (each backward leaves the other half of the parameters unused),
+    # the code counts summed over processes, dead codes restarted identically everywhere
+    proc = run_script("train-vqgan.py", "--cfg-path", tiny_run.cfg, "--dataset", tiny_run.images,
+                      "--run-dir", tmp_path / "run", "--devices", 2, "--accelerator", "cpu",
+                      "--max-steps", 6, env=ONE_THREAD_ENV)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "MEMBER: 2/2" in proc.stdout + proc.stderr
+    ckpt = load(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 6 and len(ckpt["optimizer_states"]) == 2
+    assert ckpt["optimizer_states"][1]["state"]  # the discriminator (on from step 4) was stepped
+    usage = metrics(tmp_path / "run", "train/codebook_usage")
+    assert [step for step, _ in usage] == [2, 5]
 
 
 # --- bad input: one line, exit 2 --------------------------------------------------------------
