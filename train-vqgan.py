@@ -7,7 +7,8 @@
         --resume runs/vqgan-my-vqgan/checkpoints/last.ckpt
 
 The config is a taming YAML (model.params.ddconfig, n_embed, embed_dim, lossconfig) with an
-optional `training:` section of our own (see vqgan/training_config.py). The run directory holds
+optional `training:` section of our own (see vqgan/training_config.py). Each image is scaled so
+that its shorter side is ddconfig.resolution, then centre-cropped square. The run directory holds
 config.yaml (a copy) and checkpoints/last.ckpt: give both to load_vqgan, generate-latents.py,
 recon-vqgan.py or a SUNDAE config's [vqgan] section.
 """
@@ -63,9 +64,11 @@ def perceptual_model(cfg):
         return None
     path = cfg.training.lpips_weights
     if path is None:
-        print("note: perceptual loss off (weight 0): training.lpips_weights is not set and LPIPS "
-              "weights are never downloaded. Point it at a local LPIPS state_dict or any taming "
-              "VQ-GAN checkpoint to use it, or set perceptual_weight: 0.0 to silence this note.")
+        if rank_zero_only.rank == 0:
+            print("note: perceptual loss off (weight 0): training.lpips_weights is not set and LPIPS "
+                  "weights are never downloaded. Point it at a local LPIPS state_dict or any "
+                  "taming VQ-GAN checkpoint to use it, or set perceptual_weight: 0.0 to silence "
+                  "this note.")
         return None
     if not Path(path).is_file():
         raise VQGANError(f"{cfg.source}: training.lpips_weights: {path} not found (or not a file)")

@@ -300,10 +300,26 @@ def test_config_mistakes_name_the_key(tmp_path, section, key, fragment):
     assert_user_error(errors_of(tmp_path, cfg), "bad.yaml", fragment)
 
 
+def test_combined_net2net_config_exits_2(tmp_path):
+    vq = tiny_config()["model"]
+    cfg = {"model": {"target": "taming.models.cond_transformer.Net2NetTransformer",
+                     "params": {"first_stage_config": {"target": vq["target"], "params": vq["params"]}}}}
+    assert_user_error(errors_of(tmp_path, cfg), "bad.yaml", "combined (Net2Net) config")
+
+
 def test_discriminator_too_deep_for_the_resolution_exits_2(tmp_path):
     cfg = tiny_config()
     cfg["model"]["params"]["lossconfig"]["params"]["disc_num_layers"] = 3
     assert_user_error(errors_of(tmp_path, cfg), "disc_num_layers = 3 is too deep for 16x16")
+
+
+def test_without_lpips_weights_the_perceptual_term_is_off_with_a_note(tmp_path):
+    cfg = tiny_config()
+    cfg["model"]["params"]["lossconfig"]["params"]["perceptual_weight"] = 1.0  # no lpips_weights
+    proc = errors_of(tmp_path, cfg, None, "--max-steps", 2, "--no-save")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "perceptual loss off (weight 0)" in proc.stdout and "never downloaded" in proc.stdout
+    assert metrics(tmp_path / "run", "train/rec_loss") and not metrics(tmp_path / "run", "train/p_loss")
 
 
 def test_missing_lpips_weights_file_exits_2(tmp_path):

@@ -108,10 +108,7 @@ class VQGANLoss(nn.Module):
         factor = self.disc_factor(step)
         if factor > 0:
             g_loss = generator_loss(self._discriminate(recon, aug))
-            if self.training:
-                weight = adaptive_weight(nll, g_loss, last_layer, self.adaptive_weight_max)
-            else:  # no graph to differentiate at evaluation
-                weight = torch.zeros((), device=nll.device)
+            weight = adaptive_weight(nll, g_loss, last_layer, self.adaptive_weight_max)
             total = total + weight * self.cfg.disc_weight * factor * g_loss
             logs |= {"g_loss": g_loss.detach(), "d_weight": weight}
         logs["total_loss"] = total.detach()

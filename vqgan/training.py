@@ -74,6 +74,9 @@ class LastCheckpoint(pl.Callback):
 
 
 class VQGANModule(pl.LightningModule):
+    """The autoencoder and its loss (discriminator, optional LPIPS) trained with two Adam
+    optimisers; evaluation reports held-out PSNR and L1 and saves reconstruction grids."""
+
     def __init__(self, cfg: TrainConfig, seed=0, run_dir=None, perceptual=None, codebook_window=None):
         super().__init__()
         self.automatic_optimization = False  # two optimisers, stepped in training_step

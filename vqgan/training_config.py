@@ -105,8 +105,11 @@ class TrainConfig:
 
 def load_train_config(path) -> TrainConfig:
     """Read and validate a training YAML; VQGANError naming the file and key on any mistake."""
-    model = read_config(path, legacy_cfg=False)
+    model = read_config(path)
     source = str(path)
+    if model.key_prefix:
+        raise VQGANError(f"{source}: a combined (Net2Net) config; train-vqgan.py trains the "
+                         "VQ-GAN itself and needs its own config (model.target a VQModel)")
     raw = OmegaConf.load(Path(path))  # read_config has already parsed this file once
     return train_config_from_dict(raw, model, source)
 
@@ -153,9 +156,9 @@ def _validate(loss, data, training, model, fail):
     if loss.disc_in_channels != model.ddconfig.out_ch:
         fail(f"{lp}.disc_in_channels = {loss.disc_in_channels} but the decoder makes "
              f"{model.ddconfig.out_ch}-channel images (ddconfig.out_ch)")
-    for key in ("disc_num_layers", "disc_ndf"):
-        if getattr(loss, key) < (0 if key == "disc_num_layers" else 1):
-            fail(f"{lp}.{key} must be positive, got {getattr(loss, key)}")
+    if loss.disc_num_layers < 0 or loss.disc_ndf < 1:
+        fail(f"{lp}: disc_num_layers must be >= 0 and disc_ndf >= 1, got "
+             f"{loss.disc_num_layers} and {loss.disc_ndf}")
     if PatchDiscriminator.output_size(model.ddconfig.resolution, loss.disc_num_layers) < 1:
         fail(f"{lp}.disc_num_layers = {loss.disc_num_layers} is too deep for "
              f"{model.ddconfig.resolution}x{model.ddconfig.resolution} images; use fewer layers")
