@@ -23,13 +23,13 @@ import torch
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from sundae.training import AtomicCheckpointIO
+from sundae.training import AtomicCheckpointIO, LastCheckpoint
 from utils import run_cli
 from vqgan.checkpoint import load_state_dict
 from vqgan.errors import VQGANError
 from vqgan.loading import check_state_dict
 from vqgan.lpips import load_lpips
-from vqgan.training import LastCheckpoint, VQGANModule, learning_rate
+from vqgan.training import VQGANModule, learning_rate
 from vqgan.training_config import PRECISIONS, load_train_config
 from vqgan.training_data import ImageDataModule, scan_images, split_files
 

@@ -20,7 +20,7 @@ from sundae.config import load_config
 from sundae.data import open_splits
 from sundae.errors import SundaeError
 from sundae.pretrained import load_config_vqgan
-from sundae.training import AtomicCheckpointIO, LatentDataModule, SundaeModule
+from sundae.training import AtomicCheckpointIO, LastCheckpoint, LatentDataModule, SundaeModule
 from utils import run_cli
 
 
@@ -76,6 +76,10 @@ def main(argv=None):
             raise SundaeError(f"{checkpoints}: holds checkpoints of an earlier run; pass --resume "
                               f"{checkpoints / 'last.ckpt'} to continue it, --overwrite to start "
                               "over, or change trainer.exp_name")
+        if args.overwrite and not args.resume:
+            # start over: left in place, Lightning would write last-v1.ckpt beside the old last.ckpt
+            for old in (checkpoints, run_dir / "samples"):
+                shutil.rmtree(old, ignore_errors=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.cfg_path, run_dir / "config.toml")
 
@@ -84,7 +88,8 @@ def main(argv=None):
     if not args.no_save:
         callbacks.append(pl.callbacks.ModelCheckpoint(
             dirpath=checkpoints, filename="step-{step:07d}", auto_insert_metric_name=False,
-            every_n_train_steps=tr.checkpoint_frequency, save_top_k=-1, save_last=True))
+            every_n_train_steps=tr.checkpoint_frequency, save_top_k=-1, save_last=False))
+        callbacks.append(LastCheckpoint(checkpoints / "last.ckpt", tr.checkpoint_frequency))
     logger = (WandbLogger(project=args.wandb_project, name=tr.exp_name, save_dir=str(run_dir),
                           config=dataclasses.asdict(cfg))
               if args.wandb else CSVLogger(save_dir=str(run_dir), name="logs"))  # logs/version_N: one per run

@@ -174,3 +174,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, f)
             f.flush()
             os.fsync(f.fileno())
+
+
+class LastCheckpoint(pl.Callback):
+    """Keep `path` (last.ckpt) the newest training state: written with every numbered checkpoint
+    and after the final step, from the batch-end hook like ModelCheckpoint's own saves, so that
+    resuming it is exact, with a larger max_steps too. (ModelCheckpoint's save_last misses a final
+    step that is not a multiple of every_n_train_steps, and in a run shorter than that saves after
+    fit, a state from which a resumed run repeats one batch.)"""
+
+    def __init__(self, path, every_n_steps):
+        self.path, self.every_n_steps = path, every_n_steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step % self.every_n_steps == 0 or step == trainer.max_steps:
+            trainer.save_checkpoint(self.path)

@@ -109,6 +109,17 @@ def test_no_save_writes_no_checkpoints(tmp_path):
     assert not list(run_dir.rglob("*.ckpt")) and not (run_dir / "checkpoints").exists()
 
 
+def test_last_checkpoint_is_the_final_step_and_overwrite_starts_over(tmp_path):
+    """max_steps 7 is no multiple of checkpoint_frequency 10: last.ckpt must still be step 7,
+    and --overwrite must replace it, not write last-v1.ckpt beside it."""
+    cfg = write_tiny_config(tmp_path, renamed(TINY_CONFIG, "odd"))
+    ckpts = tmp_path / "runs" / "odd" / "checkpoints"
+    for steps in (7, 3):
+        expect_ok(run_main("train.py", "--cfg-path", cfg, "--max-steps", steps, "--overwrite"))
+        assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt"]
+        assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == steps
+
+
 # --- learning and resuming ------------------------------------------------------------------
 
 @pytest.mark.slow
