@@ -14,6 +14,7 @@ profiler with profile_memory=True records every allocation and free of torch's C
 the peak is the largest running sum of those, in time order.
 """
 import argparse
+import math
 import os
 import platform
 import sys
@@ -86,18 +87,11 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def best_seconds(fn, device, repeats, warmup=1):
-    """Fastest of `repeats` timed runs: interference from other processes only ever adds time."""
-    for _ in range(warmup):
-        fn()
+def seconds(fn, device):
+    start = time.perf_counter()
+    fn()
     sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return time.perf_counter() - start
 
 
 def matmul_flops_per_s(device, dtype, n, repeats):
@@ -105,7 +99,8 @@ def matmul_flops_per_s(device, dtype, n, repeats):
     gen = torch.Generator(device).manual_seed(0)
     a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
     b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
-    return 2 * n**3 / best_seconds(lambda: a @ b, device, repeats, warmup=2)
+    a @ b  # warm-up
+    return 2 * n**3 / min(seconds(lambda: a @ b, device) for _ in range(repeats))
 
 
 def cpu_peak_bytes(fn):
@@ -145,7 +140,8 @@ def autocast(device):
     return torch.autocast("cpu", enabled=False)
 
 
-def bench_model(model, grid, batch, device, repeats):
+def workloads(model, grid, batch, device):
+    """(forward, train_step) closures for one model on a (batch, h, w) grid of random tokens."""
     h, w = grid
     gen = torch.Generator(device).manual_seed(0)
     tokens = torch.randint(0, NUM_TOKENS, (batch, h, w), device=device, generator=gen)
@@ -153,25 +149,44 @@ def bench_model(model, grid, batch, device, repeats):
 
     @torch.inference_mode()
     def forward():
+        model.eval()
         with autocast(device):
             model(tokens)
 
     def train_step():
+        model.train()
         with autocast(device):
             logits = model(tokens)
             loss = F.cross_entropy(logits.reshape(-1, NUM_TOKENS).float(), targets.reshape(-1))
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    n = batch * h * w
-    model.eval()
-    fwd_s = best_seconds(forward, device, repeats)
-    model.train()
-    train_s = best_seconds(train_step, device, repeats)
-    peak = peak_bytes(train_step, device)
-    flops = count_flops(model, h, w, batch)
-    return dict(fwd_tok_s=n / fwd_s, train_tok_s=n / train_s, peak_mib=peak / 2**20,
-                fwd_flop_s=flops / fwd_s, train_flop_s=3 * flops / train_s)  # backward ~ 2x forward
+    return forward, train_step
+
+
+def bench_grid(models, grid, batch, device, repeats):
+    """Timings and training-step peak memory of every model on one grid.
+
+    The repeats are interleaved across models and the fastest run of each is kept: other processes
+    can only add time, and a burst of their load then spoils one run of each model, not one model.
+    """
+    runs = {name: workloads(model, grid, batch, device) for name, model in models.items()}
+    for forward, train_step in runs.values():  # warm-up
+        forward(), train_step()
+    best = {(name, kind): math.inf for name in runs for kind in ("fwd", "train")}
+    for _ in range(repeats):
+        for name, (forward, train_step) in runs.items():
+            best[name, "fwd"] = min(best[name, "fwd"], seconds(forward, device))
+            best[name, "train"] = min(best[name, "train"], seconds(train_step, device))
+    n = batch * grid[0] * grid[1]
+    results = {}
+    for name, (_, train_step) in runs.items():
+        flops = count_flops(models[name], *grid, batch)
+        fwd_s, train_s = best[name, "fwd"], best[name, "train"]
+        results[name] = dict(fwd_tok_s=n / fwd_s, train_tok_s=n / train_s,
+                             peak_mib=peak_bytes(train_step, device) / 2**20,
+                             fwd_flop_s=flops / fwd_s, train_flop_s=3 * flops / train_s)  # backward ~ 2x forward
+    return results
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -219,33 +234,41 @@ def main(argv=None):
         models[name] = HourglassTransformerLM(depth=depth, shorten_factor=SHORTEN_FACTOR, **width).to(device)
 
     matmul_n, matmul_dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
-    peak_flop_s = matmul_flops_per_s(device, matmul_dtype, matmul_n, repeats=5)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    # the matmul throughput is measured before every grid and at the end; the best is the
+    # machine's, and a spread between them means other processes competed during the run
+    matmul = [matmul_flops_per_s(device, matmul_dtype, matmul_n, repeats=5)]
+    results = {}
+    for side in args.grids:
+        print(f"measuring {side}x{side} ...", file=sys.stderr, flush=True)
+        for name, r in bench_grid(models, (side, side), args.batch, device, args.repeats).items():
+            results[side, name] = r
+        matmul.append(matmul_flops_per_s(device, matmul_dtype, matmul_n, repeats=5))
+    peak_flop_s = max(matmul)
+
     print(f"# {date.today()}  {machine(device)}  torch {torch.__version__}  load avg {load:.2f}")
     print(f"# dim {args.dim}, heads {args.heads}x{args.dim_head}, ff x4, vocab {NUM_TOKENS}; hourglass depth "
           f"{HOURGLASS_DEPTH} k={SHORTEN_FACTOR}, vanilla depth {VANILLA_DEPTH}; batch {args.batch}; "
-          f"best of {args.repeats}")
-    print(f"# measured matmul throughput ({matmul_n}x{matmul_n}, {str(matmul_dtype)[6:]}): "
-          f"{peak_flop_s / 1e9:.0f} GFLOP/s")
+          f"fastest of {args.repeats}")
+    print(f"# matmul throughput ({matmul_n}x{matmul_n}, {str(matmul_dtype)[6:]}): {peak_flop_s / 1e9:.0f} GFLOP/s "
+          f"(lowest of {len(matmul)} measurements during the run: {min(matmul) / 1e9:.0f})")
     print()
     print("| grid  | model     | GFLOP/fwd | fwd tok/s | fwd+bwd tok/s | peak MiB (fwd+bwd) | fwd % matmul | fwd+bwd % matmul |")
     print("|-------|-----------|----------:|----------:|--------------:|-------------------:|-------------:|-----------------:|")
-    results = {}
     for side in args.grids:
         for name, model in models.items():
-            r = bench_model(model, (side, side), args.batch, device, args.repeats)
-            results[side, name] = r
+            r = results[side, name]
             gflop = count_flops(model, side, side, args.batch) / 1e9
-            print(f"| {side}x{side} | {name:9} | {gflop:9.1f} | {r['fwd_tok_s']:9.0f} | {r['train_tok_s']:13.0f} | "
+            print(f"| {f'{side}x{side}':5} | {name:9} | {gflop:9.1f} | {r['fwd_tok_s']:9.0f} | {r['train_tok_s']:13.0f} | "
                   f"{r['peak_mib']:18.1f} | {100 * r['fwd_flop_s'] / peak_flop_s:11.0f}% | "
-                  f"{100 * r['train_flop_s'] / peak_flop_s:15.0f}% |", flush=True)
+                  f"{100 * r['train_flop_s'] / peak_flop_s:15.0f}% |")
 
     print()
     print("| grid  | hourglass/vanilla fwd speed-up | fwd+bwd speed-up | peak memory hourglass/vanilla |")
     print("|-------|-------------------------------:|-----------------:|------------------------------:|")
     for side in args.grids:
         hg, va = results[side, "hourglass"], results[side, "vanilla"]
-        print(f"| {side}x{side} | {hg['fwd_tok_s'] / va['fwd_tok_s']:30.2f}x | "
+        print(f"| {f'{side}x{side}':5} | {hg['fwd_tok_s'] / va['fwd_tok_s']:30.2f}x | "
               f"{hg['train_tok_s'] / va['train_tok_s']:15.2f}x | {hg['peak_mib'] / va['peak_mib']:29.2f} |")
     print()
     for (small, large) in zip(args.grids, args.grids[1:]):
@@ -253,6 +276,9 @@ def main(argv=None):
         print(f"peak memory {large}x{large} / {small}x{small} ({tokens_ratio:.0f}x tokens): " + ", ".join(
             f"{name} {results[large, name]['peak_mib'] / results[small, name]['peak_mib']:.2f}x" for name in models))
     print_targets(results, peak_flop_s)
+    if min(matmul) < 0.9 * peak_flop_s:
+        print(f"\nWARNING: matmul throughput varied by {100 * (1 - min(matmul) / peak_flop_s):.0f}% during the run: "
+              "other processes competed for the machine; rerun when it is quiet")
     return 0
 
 
