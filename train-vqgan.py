@@ -14,7 +14,6 @@ recon-vqgan.py or a SUNDAE config's [vqgan] section.
 """
 import argparse
 import dataclasses
-import shutil
 import warnings
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from sundae.training import AtomicCheckpointIO, LastCheckpoint
+from sundae.training import AtomicCheckpointIO, LastCheckpoint, prepare_run_dir
 from utils import run_cli
 from vqgan.checkpoint import load_state_dict
 from vqgan.errors import VQGANError
@@ -118,17 +117,8 @@ def main(argv=None):
                          f"checkpoint {args.resume} does not fit config {args.cfg_path}")
 
     if rank_zero_only.rank == 0:
-        if any(checkpoints.glob("*.ckpt")) and not (args.resume or args.overwrite or args.no_save):
-            raise VQGANError(f"{checkpoints}: holds checkpoints of an earlier run; pass --resume "
-                             f"{checkpoints / 'last.ckpt'} to continue it, --overwrite to start "
-                             "over, or choose another --run-dir")
-        if args.overwrite and not args.resume:
-            # start over: left in place, Lightning would write last-v1.ckpt beside the old last.ckpt
-            for old in (checkpoints, run_dir / "reconstructions"):
-                shutil.rmtree(old, ignore_errors=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if Path(args.cfg_path).resolve() != (run_dir / "config.yaml").resolve():
-            shutil.copyfile(args.cfg_path, run_dir / "config.yaml")
+        prepare_run_dir(run_dir, args.cfg_path, "config.yaml", ["reconstructions"], args.resume,
+                        args.overwrite, args.no_save, rename_hint="choose another --run-dir")
         print(f"{len(train_files)} training and {len(eval_files)} held-out images at "
               f"{resolution}x{resolution}; learning rate {learning_rate(cfg, world):.3g}; "
               f"codebook statistics every {module.codebook_window} steps")

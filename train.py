@@ -7,7 +7,6 @@
 """
 import argparse
 import dataclasses
-import shutil
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -20,7 +19,8 @@ from sundae.config import load_config
 from sundae.data import open_splits
 from sundae.errors import SundaeError
 from sundae.pretrained import load_config_vqgan
-from sundae.training import AtomicCheckpointIO, LastCheckpoint, LatentDataModule, SundaeModule
+from sundae.training import (AtomicCheckpointIO, LastCheckpoint, LatentDataModule, SundaeModule,
+                             prepare_run_dir)
 from utils import run_cli
 
 
@@ -72,16 +72,8 @@ def main(argv=None):
     module.model.train()
 
     if rank_zero_only.rank == 0:
-        if any(checkpoints.glob("*.ckpt")) and not (args.resume or args.overwrite or args.no_save):
-            raise SundaeError(f"{checkpoints}: holds checkpoints of an earlier run; pass --resume "
-                              f"{checkpoints / 'last.ckpt'} to continue it, --overwrite to start "
-                              "over, or change trainer.exp_name")
-        if args.overwrite and not args.resume:
-            # start over: left in place, Lightning would write last-v1.ckpt beside the old last.ckpt
-            for old in (checkpoints, run_dir / "samples"):
-                shutil.rmtree(old, ignore_errors=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(args.cfg_path, run_dir / "config.toml")
+        prepare_run_dir(run_dir, args.cfg_path, "config.toml", ["samples"], args.resume, args.overwrite,
+                        args.no_save, rename_hint="change trainer.exp_name")
 
     tr = cfg.trainer
     callbacks = [pl.callbacks.LearningRateMonitor(logging_interval="step")] if args.wandb else []

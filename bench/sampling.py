@@ -80,7 +80,7 @@ def main(argv=None):
         rows.append(("ffhq1024-shape 32x32, dim 128 (untrained)", early, cfg.steps, rate, mean))
 
     print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(f"| model | early stop | max steps | samples/s | mean steps used |\n|---|---|---|---|---|")
+    print("| model | early stop | max steps | samples/s | mean steps used |\n|---|---|---|---|---|")
     for name, early, steps, rate, mean in rows:
         print(f"| {name} | {'on' if early else 'off'} | {steps} | {rate:.2f} | {mean:.1f} |")
 

@@ -2,6 +2,7 @@
 import dataclasses
 import math
 import os
+import shutil
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -11,6 +12,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from sundae.data import StepBatchSampler, collate
 from sundae.denoiser import build_denoiser
+from sundae.errors import SundaeError
 from sundae.files import atomic_path
 from sundae.images import save_png
 from sundae.loss import unrolled_loss
@@ -190,3 +192,25 @@ class LastCheckpoint(pl.Callback):
         step = trainer.global_step
         if step % self.every_n_steps == 0 or step == trainer.max_steps:
             trainer.save_checkpoint(self.path)
+
+
+def prepare_run_dir(run_dir, cfg_path, config_name, outputs, resume=None, overwrite=False,
+                    no_save=False, rename_hint="choose another run directory"):
+    """Create the run directory of a training run with a copy of its config (call on rank 0).
+
+    A directory already holding checkpoints is refused unless the run resumes it, `overwrite`
+    starts over (its checkpoints and the `outputs` sub-directories are removed: left in place,
+    Lightning would write last-v1.ckpt beside the old last.ckpt) or nothing is saved.
+    """
+    run_dir = Path(run_dir)
+    checkpoints = run_dir / "checkpoints"
+    if any(checkpoints.glob("*.ckpt")) and not (resume or overwrite or no_save):
+        raise SundaeError(f"{checkpoints}: holds checkpoints of an earlier run; pass --resume "
+                          f"{checkpoints / 'last.ckpt'} to continue it, --overwrite to start over, "
+                          f"or {rename_hint}")
+    if overwrite and not resume:
+        for old in (checkpoints, *(run_dir / name for name in outputs)):
+            shutil.rmtree(old, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if Path(cfg_path).resolve() != (run_dir / config_name).resolve():
+        shutil.copyfile(cfg_path, run_dir / config_name)

@@ -11,7 +11,6 @@ import torch
 import torch.nn as nn
 
 from vqgan.checkpoint import load_state_dict
-from vqgan.errors import VQGANError
 from vqgan.loading import check_state_dict
 
 TAMING_PREFIX = "loss.perceptual_loss."
