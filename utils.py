@@ -3,10 +3,11 @@ import sys
 
 import torch
 
+from hourglass_transformer.errors import HourglassError
 from sundae.errors import SundaeError
 from vqgan.errors import VQGANError
 
-USER_ERRORS = (SundaeError, VQGANError)
+USER_ERRORS = (SundaeError, VQGANError, HourglassError)
 
 
 def run_cli(main, argv=None):

@@ -363,7 +363,10 @@ class HourglassTransformerLM(nn.Module):
         if not (isinstance(tokens, torch.Tensor) and tokens.ndim == 3 and tokens.dtype in (torch.long, torch.int)):
             shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise HourglassError(f"tokens: expected a LongTensor (B, h, w), got {shape}")
-        if bool(((tokens < 0) | (tokens >= self.num_tokens)).any()):
+        # Value checks read the tensor back: free on the CPU, a host sync per call on a GPU (where
+        # the embedding lookup asserts on a bad index anyway), so they run on the CPU only.
+        on_cpu = tokens.device.type == "cpu"
+        if on_cpu and bool(((tokens < 0) | (tokens >= self.num_tokens)).any()):
             raise HourglassError(f"tokens: values must lie in [0, {self.num_tokens})")
         b, h, w = tokens.shape
         self.level_grids(h, w)
@@ -376,7 +379,7 @@ class HourglassTransformerLM(nn.Module):
         if not (isinstance(cond, torch.Tensor) and cond.shape == (b,) and cond.dtype in (torch.long, torch.int)):
             shape = tuple(cond.shape) if isinstance(cond, torch.Tensor) else cond
             raise HourglassError(f"cond: expected a LongTensor of class labels with shape ({b},), got {shape}")
-        if bool(((cond < 0) | (cond >= self.num_classes)).any()):
+        if on_cpu and bool(((cond < 0) | (cond >= self.num_classes)).any()):
             raise HourglassError(f"cond: class labels must lie in [0, {self.num_classes})")
 
     def forward(self, tokens, cond=None):
