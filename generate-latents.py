@@ -1,4 +1,4 @@
-"""Encode an image folder with a VQ-GAN into a latent dataset (the format in sundae/latents.py).
+r"""Encode an image folder with a VQ-GAN into a latent dataset (the format in sundae/latents.py).
 
     python generate-latents.py --cfg-path vqgan.yaml --ckpt-path vqgan.ckpt \
         --dataset-in images/ --latents-out data/latents [--use-class] [--eval-fraction 0.05]

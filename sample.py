@@ -1,4 +1,4 @@
-"""Bulk sampling from a trained SUNDAE prior (for FID): one PNG per sample.
+r"""Bulk sampling from a trained SUNDAE prior (for FID): one PNG per sample.
 
     python sample.py --cfg-path config/digits.toml --resume runs/digits/checkpoints/last.ckpt \
         --nb-samples 64 --out-dir samples/digits

@@ -1,4 +1,4 @@
-"""Train a VQ-GAN on a folder of images; checkpoints in taming-transformers' format.
+r"""Train a VQ-GAN on a folder of images; checkpoints in taming-transformers' format.
 
     python train-vqgan.py --cfg-path config/vqgan/tiny-crops32.yaml --dataset data/crops   # CPU
     python train-vqgan.py --cfg-path my-vqgan.yaml --dataset /data/ffhq --devices 8 \
@@ -22,7 +22,7 @@ import torch
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from sundae.training import AtomicCheckpointIO, LastCheckpoint, prepare_run_dir
+from sundae.training import AtomicCheckpointIO, LastCheckpoint, add_run_args, prepare_run_dir
 from utils import run_cli
 from vqgan.checkpoint import load_state_dict
 from vqgan.errors import VQGANError
@@ -41,19 +41,13 @@ def parse_args(argv):
                                           "of --dataset)")
     p.add_argument("--run-dir", help="output directory (default: runs/vqgan-<config name>)")
     p.add_argument("--resume", help="checkpoint to continue from (weights, optimisers, step, RNG)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--wandb", action="store_true", help="log to wandb (WANDB_MODE=offline works offline)")
-    p.add_argument("--wandb-project", default="sundae-vqgan")
-    p.add_argument("--devices", default="auto", help="number of devices per node (or 'auto')")
-    p.add_argument("--num-nodes", type=int, default=1)
-    p.add_argument("--accelerator", default="auto", choices=["cpu", "gpu", "auto"])
     p.add_argument("--precision", choices=PRECISIONS, help="overrides training.precision")
     p.add_argument("--max-steps", type=int, help="overrides training.max_steps")
     p.add_argument("--nb-workers", type=int, help="data loader workers (overrides data.params.num_workers)")
-    p.add_argument("--no-save", action="store_true", help="write no checkpoints")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in a run directory that holds an earlier run (its checkpoints "
                         "and reconstructions are deleted; logs are kept)")
+    add_run_args(p)
     return p.parse_args(argv)
 
 

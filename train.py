@@ -1,4 +1,4 @@
-"""Train a SUNDAE prior on a latent dataset.
+r"""Train a SUNDAE prior on a latent dataset.
 
     python train.py --cfg-path config/digits.toml                     # CPU demo
     python train.py --cfg-path config/ffhq1024/ffhq1024-hourglass.toml --devices 8 \
@@ -20,7 +20,7 @@ from sundae.data import open_splits
 from sundae.errors import SundaeError
 from sundae.pretrained import load_config_vqgan
 from sundae.training import (AtomicCheckpointIO, LastCheckpoint, LatentDataModule, SundaeModule,
-                             prepare_run_dir)
+                             add_run_args, prepare_run_dir)
 from utils import run_cli
 
 
@@ -28,19 +28,13 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cfg-path", required=True, help="TOML config (see config/)")
     p.add_argument("--resume", help="checkpoint to continue from (model, EMA, optimiser, step, RNG)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--wandb", action="store_true", help="log to wandb (WANDB_MODE=offline works offline)")
-    p.add_argument("--wandb-project", default="sundae-vqgan")
-    p.add_argument("--devices", default="auto", help="number of devices per node (or 'auto')")
-    p.add_argument("--num-nodes", type=int, default=1)
-    p.add_argument("--accelerator", default="auto", choices=["cpu", "gpu", "auto"])
     p.add_argument("--precision", choices=["32", "bf16-mixed", "16-mixed"],
                    help="overrides trainer.precision")
     p.add_argument("--max-steps", type=int, help="overrides trainer.max_steps")
-    p.add_argument("--no-save", action="store_true", help="write no checkpoints")
     p.add_argument("--nb-workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--overwrite", action="store_true",
                    help="train into a run directory that already holds checkpoints, without resuming")
+    add_run_args(p)
     return p.parse_args(argv)
 
 

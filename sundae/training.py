@@ -214,3 +214,14 @@ def prepare_run_dir(run_dir, cfg_path, config_name, outputs, resume=None, overwr
     run_dir.mkdir(parents=True, exist_ok=True)
     if Path(cfg_path).resolve() != (run_dir / config_name).resolve():
         shutil.copyfile(cfg_path, run_dir / config_name)
+
+
+def add_run_args(parser):
+    """The command-line flags every training script shares: seed, tracking, devices, saving."""
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--wandb", action="store_true", help="log to wandb (WANDB_MODE=offline works offline)")
+    parser.add_argument("--wandb-project", default="sundae-vqgan")
+    parser.add_argument("--devices", default="auto", help="number of devices per node (or 'auto')")
+    parser.add_argument("--num-nodes", type=int, default=1)
+    parser.add_argument("--accelerator", default="auto", choices=["cpu", "gpu", "auto"])
+    parser.add_argument("--no-save", action="store_true", help="write no checkpoints")
