@@ -60,14 +60,8 @@ NET2NET = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These models are tiny: a second intra-op thread only adds synchronisation, which stalls
-    for whole scheduler slices when the CPU is shared (seconds per test instead of ms)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny models: one intra-op thread (conftest's single_thread) for the whole module
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def write_yaml(path, cfg):
