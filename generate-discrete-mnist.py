@@ -9,7 +9,7 @@ import numpy as np
 
 from sundae.discrete_datasets import TORCHVISION_SETS, digits_grids, torchvision_grids
 from sundae.latents import create_latent_dataset
-from utils import run_cli
+from infra.cli import run_cli
 
 
 def parse_args(argv):

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from sundae.errors import SundaeError
-from sundae.images import list_class_images, list_images
+from infra.images import list_class_images, list_images
 from sundae.encode import encode_images, image_size
 from sundae.latents import create_latent_dataset, sha256_of
-from utils import default_device, run_cli
+from infra.cli import default_device, run_cli
 from vqgan import load_vqgan
 
 

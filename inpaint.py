@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from sundae.errors import SundaeError
-from sundae.images import image_transform, list_images, open_rgb, save_png
+from infra.images import image_transform, list_images, open_rgb, save_png
 from sundae.inpainting import figure_row, inpaint, latent_keep_mask, regenerate_mask
 from sundae.latents import LatentDataset, read_meta
 from sundae.pretrained import add_sampling_args, load_prior, sampling_config
-from utils import default_device, run_cli
+from infra.cli import default_device, run_cli
 
 
 def parse_args(argv):

@@ -10,8 +10,8 @@ import torch
 
 from sundae.encode import encode_images, image_size
 from sundae.errors import SundaeError
-from sundae.images import list_images, open_rgb, image_transform, psnr, save_png
-from utils import default_device, run_cli
+from infra.images import list_images, open_rgb, image_transform, psnr, save_png
+from infra.cli import default_device, run_cli
 from vqgan import load_vqgan
 
 

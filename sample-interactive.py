@@ -9,7 +9,7 @@ import argparse
 
 from sundae.interactive import InteractiveSampler, Params
 from sundae.pretrained import load_prior
-from utils import default_device, run_cli
+from infra.cli import default_device, run_cli
 
 
 def parse_args(argv):

@@ -15,7 +15,7 @@ import math
 from sundae.bulk import bulk_sample, save_sample_grid
 from sundae.errors import SundaeError
 from sundae.pretrained import add_sampling_args, load_prior, sampling_config
-from utils import default_device, run_cli
+from infra.cli import default_device, run_cli
 
 
 def parse_args(argv):

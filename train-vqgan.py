@@ -23,7 +23,7 @@ from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from sundae.training import AtomicCheckpointIO, LastCheckpoint, add_run_args, prepare_run_dir
-from utils import run_cli
+from infra.cli import run_cli
 from vqgan.checkpoint import load_state_dict
 from vqgan.errors import VQGANError
 from vqgan.loading import check_state_dict

@@ -21,7 +21,7 @@ from sundae.errors import SundaeError
 from sundae.pretrained import load_config_vqgan
 from sundae.training import (AtomicCheckpointIO, LastCheckpoint, LatentDataModule, SundaeModule,
                              add_run_args, prepare_run_dir)
-from utils import run_cli
+from infra.cli import run_cli
 
 
 def parse_args(argv):

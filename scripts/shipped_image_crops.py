@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sundae.files import atomic_path
-from utils import run_cli
+from infra.files import atomic_path
+from infra.cli import run_cli
 
 TRAIN_PHOTOS = ("astronaut", "coffee", "rocket", "immunohistochemistry", "motorcycle")
 HELD_OUT_PHOTO = "chelsea"

@@ -10,8 +10,8 @@ from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
 from sundae.errors import SundaeError
-from sundae.files import atomic_path
-from sundae.images import to_unit
+from infra.files import atomic_path
+from infra.images import to_unit
 from sundae.latents import token_dtype
 from sundae.sampler import sample
 

@@ -6,7 +6,7 @@ import torch
 from tqdm import tqdm
 
 from sundae.errors import SundaeError
-from sundae.images import ImageFiles, collate_skipping_unreadable
+from infra.images import ImageFiles, collate_skipping_unreadable
 
 
 @dataclass

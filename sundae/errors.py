@@ -1,2 +1,5 @@
-class SundaeError(ValueError):
-    """A user mistake (bad config, file, or argument); scripts print it as one line and exit 2."""
+from infra.errors import UserError
+
+
+class SundaeError(UserError):
+    """A user mistake in the prior's stage (config, dataset, checkpoint, sampling argument)."""

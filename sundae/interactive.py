@@ -11,8 +11,8 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from sundae.errors import SundaeError
-from sundae.files import atomic_path
-from sundae.images import save_png, to_unit
+from infra.files import atomic_path
+from infra.images import save_png, to_unit
 from sundae.sampler import SamplingConfig, sample
 
 MENU = """

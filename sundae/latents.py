@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from sundae.errors import SundaeError
-from sundae.files import atomic_path
+from infra.files import atomic_path
 
 FORMAT_NAME = "sundae-latents"
 FORMAT_VERSION = 1

@@ -13,8 +13,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from sundae.data import StepBatchSampler, collate
 from sundae.denoiser import build_denoiser
 from sundae.errors import SundaeError
-from sundae.files import atomic_path
-from sundae.images import save_png
+from infra.files import atomic_path
+from infra.images import save_png
 from sundae.loss import unrolled_loss
 from sundae.render import render_tokens
 from sundae.sampler import sample

@@ -10,7 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures" / "vqgan"
 
-sys.path.insert(0, str(REPO))  # the scripts' packages and utils.py, without installing
+sys.path.insert(0, str(REPO))  # the packages, without installing
 
 
 def run_script(script, *args, cwd=None, env=None, timeout=600):
@@ -102,7 +102,7 @@ def write_tiny_config(tmp_path, text=TINY_CONFIG, **fields):
 
 
 def run_main(script, *args):
-    """Run a top-level script's `main` in this interpreter through utils.run_cli, as run_script
+    """Run a top-level script's `main` in this interpreter through infra.cli.run_cli, as run_script
     would run it in a fresh one, but without paying the start-up (torch, Lightning) again.
 
     Returns a CompletedProcess (returncode, stdout, stderr) so `assert_user_error` applies. The
@@ -114,7 +114,7 @@ def run_main(script, *args):
 
     import torch
 
-    from utils import run_cli
+    from infra.cli import run_cli
 
     path = REPO / script
     spec = importlib.util.spec_from_file_location(f"_script_{path.stem.replace('-', '_')}", path)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from conftest import assert_user_error, run_script, vqgan_fixture
-from sundae.images import image_transform, open_rgb, psnr
+from infra.images import image_transform, open_rgb, psnr
 from sundae.latents import LatentDataset
 from vqgan import load_vqgan
 

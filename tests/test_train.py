@@ -15,7 +15,7 @@ from conftest import (ONE_THREAD_ENV, TINY_CONFIG, assert_user_error, run_main, 
                       write_tiny_config)
 from sundae.checkpoint import load_denoiser
 from sundae.config import load_config
-from sundae.images import to_unit
+from infra.images import to_unit
 from sundae.render import tokens_to_gray
 from sundae.training import AtomicCheckpointIO
 

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from einops import rearrange
 
-from sundae.images import psnr, save_png
+from infra.images import psnr, save_png
 from sundae.training import step_generator
 from vqgan.diffaug import DiffAugment
 from vqgan.losses import VQGANLoss

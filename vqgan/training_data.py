@@ -4,7 +4,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from sundae.data import StepBatchSampler
-from sundae.images import ImageFiles, collate_skipping_unreadable, list_images
+from infra.images import ImageFiles, collate_skipping_unreadable, list_images
 from vqgan.errors import VQGANError
 
 

@@ -1,20 +1,16 @@
-"""Glue shared by the top-level scripts: one-line errors for user mistakes."""
+"""What every script's entry point shares: one-line errors for user mistakes, devices."""
 import sys
 
 import torch
 
-from hourglass_transformer.errors import HourglassError
-from sundae.errors import SundaeError
-from vqgan.errors import VQGANError
-
-USER_ERRORS = (SundaeError, VQGANError, HourglassError)
+from infra.errors import UserError
 
 
 def run_cli(main, argv=None):
     """Run `main(argv)`; a user mistake becomes `error: ...` on stderr and exit status 2."""
     try:
         code = main(argv)
-    except USER_ERRORS as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

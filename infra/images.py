@@ -6,8 +6,8 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image, UnidentifiedImageError
 from torchvision.utils import save_image
 
-from sundae.errors import SundaeError
-from sundae.files import atomic_path
+from infra.errors import UserError
+from infra.files import atomic_path
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -18,10 +18,10 @@ def list_images(path):
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise SundaeError(f"{path}: no such image file or directory")
+        raise UserError(f"{path}: no such image file or directory")
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise SundaeError(f"{path}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise UserError(f"{path}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     return files
 
 
@@ -29,17 +29,17 @@ def list_class_images(root):
     """An ImageFolder layout `root/<class>/<image>`: (files, labels, class names)."""
     root = Path(root)
     if not root.is_dir():
-        raise SundaeError(f"{root}: no such directory")
+        raise UserError(f"{root}: no such directory")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
     if not class_dirs:
-        raise SundaeError(f"{root}: --use-class needs one sub-directory per class, found none")
+        raise UserError(f"{root}: --use-class needs one sub-directory per class, found none")
     files, labels = [], []
     for label, d in enumerate(class_dirs):
         images = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         files += images
         labels += [label] * len(images)
     if not files:
-        raise SundaeError(f"{root}: no images found in its class directories")
+        raise UserError(f"{root}: no images found in its class directories")
     return files, labels, [d.name for d in class_dirs]
 
 
@@ -59,13 +59,13 @@ def image_transform(size):
 
 
 def open_rgb(path):
-    """Open any image as RGB (grayscale, palette and RGBA are converted); SundaeError if unreadable."""
+    """Open any image as RGB (grayscale, palette and RGBA are converted); UserError if unreadable."""
     try:
         with Image.open(path) as im:
             im.load()
             return im.convert("RGB")
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        raise SundaeError(f"{path}: unreadable image ({e})") from None
+        raise UserError(f"{path}: unreadable image ({e})") from None
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -82,7 +82,7 @@ class ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, i):
         try:
             return i, self.transform(open_rgb(self.files[i]))
-        except SundaeError:
+        except UserError:
             return i, None
 
 
