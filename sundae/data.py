@@ -55,39 +55,6 @@ def check_dataset_matches(cfg, ds, name):
                               f"{ds.num_classes} classes")
 
 
-class StepBatchSampler(torch.utils.data.Sampler):
-    """Batches of indices as a pure function of (seed, step, rank).
-
-    Step `s` takes the next `batch_size * world_size` indices of a per-epoch permutation and
-    each rank keeps its own slice. Starting at `start_step` therefore resumes exactly where an
-    interrupted run stopped, whichever process or machine it restarts on.
-    """
-
-    def __init__(self, dataset_size, batch_size, num_steps, seed=0, start_step=0, rank=0, world_size=1):
-        if dataset_size < batch_size * world_size:
-            raise SundaeError(f"the training split has {dataset_size} rows, fewer than one global "
-                              f"batch ({batch_size} x {world_size} processes)")
-        self.n, self.batch_size, self.num_steps = dataset_size, batch_size, num_steps
-        self.seed, self.start_step, self.rank, self.world = seed, start_step, rank, world_size
-
-    def _permutation(self, epoch):
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-
-    def __len__(self):
-        return max(0, self.num_steps - self.start_step)
-
-    def __iter__(self):
-        global_batch = self.batch_size * self.world
-        per_epoch = self.n // global_batch  # drop the ragged tail of each permutation
-        epoch, perm = None, None
-        for step in range(self.start_step, self.num_steps):
-            if step // per_epoch != epoch:
-                epoch = step // per_epoch
-                perm = self._permutation(epoch)
-            first = (step % per_epoch) * global_batch + self.rank * self.batch_size
-            yield perm[first:first + self.batch_size].tolist()
-
-
 def collate(batch):
     """[(tokens (h, w), label)] -> tokens (B, h, w), labels (B,)."""
     tokens, labels = zip(*batch)

@@ -10,7 +10,8 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from sundae.data import StepBatchSampler, collate
+from infra.data import StepBatchSampler, step_generator
+from sundae.data import collate
 from sundae.denoiser import build_denoiser
 from sundae.errors import SundaeError
 from infra.files import atomic_path
@@ -18,14 +19,6 @@ from infra.images import save_png
 from sundae.loss import unrolled_loss
 from sundae.render import render_tokens
 from sundae.sampler import sample
-
-
-def step_generator(seed, step, rank, device):
-    """The randomness of one training step as a pure function of (seed, step, rank): a resumed
-    run draws exactly the corruptions and unroll samples the uninterrupted run would have."""
-    g = torch.Generator(device=device)
-    g.manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
-    return g
 
 
 def lr_lambda(cfg):

@@ -6,7 +6,9 @@ import torch
 
 from conftest import write_tiny_config, write_tiny_latents
 from sundae.config import load_config
-from sundae.data import StepBatchSampler, check_dataset_matches, collate, open_splits
+from infra.data import StepBatchSampler
+from infra.errors import UserError
+from sundae.data import check_dataset_matches, collate, open_splits
 from sundae.errors import SundaeError
 from sundae.latents import LatentDataset
 
@@ -62,7 +64,7 @@ def test_ranks_resume_at_step_k_too():
 
 def test_dataset_smaller_than_a_global_batch_is_an_error():
     StepBatchSampler(8, 4, 10, world_size=2)  # exactly one global batch is enough
-    with pytest.raises(SundaeError, match=r"7 rows, fewer than one global batch \(4 x 2"):
+    with pytest.raises(UserError, match=r"7 rows, fewer than one global batch \(4 x 2"):
         StepBatchSampler(7, 4, 10, world_size=2)
 
 

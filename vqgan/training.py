@@ -11,7 +11,7 @@ import torch
 from einops import rearrange
 
 from infra.images import psnr, save_png
-from sundae.training import step_generator
+from infra.data import step_generator
 from vqgan.diffaug import DiffAugment
 from vqgan.losses import VQGANLoss
 from vqgan.model import VQGAN

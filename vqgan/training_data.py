@@ -3,7 +3,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from sundae.data import StepBatchSampler
+from infra.data import StepBatchSampler
 from infra.images import ImageFiles, collate_skipping_unreadable, list_images
 from vqgan.errors import VQGANError
 
