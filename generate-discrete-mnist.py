@@ -7,9 +7,10 @@ import argparse
 
 import numpy as np
 
+from infra.cli import run_cli
+from infra.data import split_groups
 from sundae.discrete_datasets import TORCHVISION_SETS, digits_grids, torchvision_grids
 from sundae.latents import create_latent_dataset
-from infra.cli import run_cli
 
 
 def parse_args(argv):
@@ -29,9 +30,9 @@ def main(argv=None):
     args = parse_args(argv)
     if args.name == "digits":
         grids, labels, classes, vocab = digits_grids()
-        order = np.random.default_rng(args.seed).permutation(len(grids))
-        n_eval = int(round(args.eval_fraction * len(grids)))
-        splits = {"train": np.sort(order[n_eval:]), "eval": np.sort(order[:n_eval])}
+        train, held_out = split_groups(range(len(grids)), [1 - args.eval_fraction, args.eval_fraction],
+                                       args.seed)
+        splits = {"train": np.asarray(train, dtype=np.int64), "eval": np.asarray(held_out, dtype=np.int64)}
         data = {name: (grids[i], labels[i], [f"sklearn.datasets.load_digits[{j}]" for j in i])
                 for name, i in splits.items() if len(i)}
     else:

@@ -7,13 +7,14 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from sundae.errors import SundaeError
+from infra.cli import run_cli
+from infra.data import split_groups
+from infra.devices import default_device
 from infra.images import list_class_images, list_images
 from sundae.encode import encode_images, image_size
+from sundae.errors import SundaeError
 from sundae.latents import create_latent_dataset, sha256_of
-from infra.cli import default_device, run_cli
 from vqgan import load_vqgan
 
 
@@ -56,10 +57,8 @@ def main(argv=None):
         files, labels, class_names = list_images(args.dataset_in), None, None
 
     # Split files, not rows, so a mirrored copy never lands on the other side of the split.
-    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(args.seed)).tolist()
-    n_eval = int(round(args.eval_fraction * len(files)))
-    splits = {"train": sorted(order[n_eval:]), "eval": sorted(order[:n_eval])}
-    splits = {name: idx for name, idx in splits.items() if idx}
+    train, held_out = split_groups(range(len(files)), [1 - args.eval_fraction, args.eval_fraction], args.seed)
+    splits = {name: idx for name, idx in (("train", train), ("eval", held_out)) if idx}
 
     provenance = {
         "created_by": "generate-latents.py",

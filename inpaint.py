@@ -9,26 +9,22 @@ Mask convention: WHITE pixels of --mask are regenerated, black ones kept. --bloc
 (digits). A latent is kept only if all pixels of its f x f patch are kept. Each input gives one
 PNG: original | masked | the inpaintings.
 """
-import argparse
 from pathlib import Path
 
 import torch
 
+from infra.cli import ArgumentParser, run_cli
+from infra.images import save_png
 from sundae.errors import SundaeError
-from infra.images import image_transform, list_images, open_rgb, save_png
-from sundae.inpainting import figure_row, inpaint, latent_keep_mask, regenerate_mask
-from sundae.latents import LatentDataset, read_meta
-from sundae.pretrained import add_sampling_args, load_prior, sampling_config
-from infra.cli import default_device, run_cli
+from sundae.inpainting import figure_row, inpaint, latent_keep_mask, load_inputs, regenerate_mask
+from sundae.pretrained import add_prior_args, prior_from_args, sampling_config
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(__doc__)
     p.add_argument("images", nargs="?", help="an image file or a directory of images")
     p.add_argument("--dataset-rows", type=int, nargs="+", metavar="I",
                    help="inpaint these rows of the config's dataset (eval split if present) instead")
-    p.add_argument("--cfg-path", required=True)
-    p.add_argument("--resume", required=True, help="training checkpoint (its EMA weights are used)")
     masks = p.add_mutually_exclusive_group(required=True)
     masks.add_argument("--mask", help="mask image the size of the inpainted image; white = regenerate")
     masks.add_argument("--block", type=int, nargs=4, metavar=("Y", "X", "H", "W"), help="block to regenerate")
@@ -37,48 +33,8 @@ def parse_args(argv):
     p.add_argument("--nb-samples", type=int, default=4, help="inpaintings per image")
     p.add_argument("--class-idx", type=int, default=None, help="class (conditional models; default 0)")
     p.add_argument("--out-dir", default="inpainting")
-    p.add_argument("--device", default=None)
-    p.add_argument("--vqgan-device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    add_sampling_args(p)
+    add_prior_args(p)
     return p.parse_args(argv)
-
-
-def load_inputs(args, prior):
-    """[(name, tokens (h, w), image (3, H, W) in [-1, 1], label)] for every input."""
-    h, w = prior.latent_shape
-    if args.dataset_rows is not None:
-        data = prior.cfg.data
-        root = data.root or data.eval_root
-        ds = LatentDataset(root, "eval" if "eval" in read_meta(root)["splits"] else "train")
-        inputs = []
-        for i in args.dataset_rows:
-            if not 0 <= i < len(ds):
-                raise SundaeError(f"--dataset-rows {i}: out of range, {root} ({ds.split}) has {len(ds)} rows")
-            tokens, label = ds[i]
-            inputs.append((f"{ds.split}-{i:05d}", tokens, prior.render(tokens[None])[0], max(label, 0)))
-        return inputs
-    if args.images is None:
-        raise SundaeError("give an image file or directory, or --dataset-rows")
-    files = list_images(args.images)
-    if prior.vqgan is None:  # token space: gray levels on the latent grid
-        to_grid = image_transform((h, w))
-        levels = prior.num_tokens - 1
-        inputs = []
-        for path in files:
-            gray = (to_grid(open_rgb(path)).mean(0) + 1) / 2  # (h, w) in [0, 1]
-            tokens = (gray * levels).round().long()
-            inputs.append((path.stem, tokens, prior.render(tokens[None])[0], args.class_idx or 0))
-        return inputs
-    f = prior.vqgan.downsample_factor
-    transform = image_transform((h * f, w * f))
-    device = next(prior.vqgan.parameters()).device
-    inputs = []
-    for path in files:
-        image = transform(open_rgb(path))
-        tokens = prior.vqgan.encode(image[None].to(device))[0].cpu()
-        inputs.append((path.stem, tokens, image, args.class_idx or 0))
-    return inputs
 
 
 @torch.inference_mode()
@@ -86,8 +42,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.nb_samples < 1:
         raise SundaeError(f"--nb-samples must be >= 1, got {args.nb_samples}")
-    prior = load_prior(args.cfg_path, args.resume, device=args.device or default_device(),
-                       vqgan_device=args.vqgan_device)
+    prior = prior_from_args(args)
     prior.check_class(args.class_idx)
     sampling = sampling_config(prior.cfg.sampling, args)
     f = prior.vqgan.downsample_factor if prior.vqgan is not None else 1
@@ -97,15 +52,11 @@ def main(argv=None):
     keep = latent_keep_mask(regenerate, f)
     print(f"regenerating {int((~keep).sum())} of {h * w} latent positions")
 
-    out_dir = Path(args.out_dir)
-    for name, tokens, image, label in load_inputs(args, prior):
+    for name, tokens, image, label in load_inputs(prior, args.images, args.dataset_rows, args.class_idx):
         g = torch.Generator(device=prior.device).manual_seed(args.seed)
         cond = label if prior.num_classes is not None else None
-        inpainted = inpaint(prior, tokens, keep, sampling, args.nb_samples, cond=cond, generator=g)
-        images = prior.render(inpainted)
-        if images.shape[-2:] != image.shape[-2:]:
-            raise SundaeError(f"{name}: decoded size {tuple(images.shape[-2:])} differs from the input's")
-        path = out_dir / f"inpaint-{name}.png"
+        images = prior.render(inpaint(prior, tokens, keep, sampling, args.nb_samples, cond=cond, generator=g))
+        path = Path(args.out_dir) / f"inpaint-{name}.png"
         save_png(figure_row(image.cpu(), keep, images), path, nrow=args.nb_samples + 2)
         print(f"wrote {path}")
 

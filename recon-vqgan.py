@@ -8,10 +8,11 @@ from pathlib import Path
 
 import torch
 
+from infra.cli import run_cli
+from infra.devices import default_device
+from infra.images import image_transform, list_images, open_rgb, psnr, save_png
 from sundae.encode import encode_images, image_size
 from sundae.errors import SundaeError
-from infra.images import list_images, open_rgb, image_transform, psnr, save_png
-from infra.cli import default_device, run_cli
 from vqgan import load_vqgan
 
 

@@ -8,20 +8,17 @@ On several GPUs, give each process its own range:
     for i in 0 1 2 3; do CUDA_VISIBLE_DEVICES=$i python sample.py ... --nb-samples 12500 \
         --count-offset $((i * 12500)) & done
 """
-import argparse
 import json
 import math
 
+from infra.cli import ArgumentParser, run_cli
 from sundae.bulk import bulk_sample, save_sample_grid
 from sundae.errors import SundaeError
-from sundae.pretrained import add_sampling_args, load_prior, sampling_config
-from infra.cli import default_device, run_cli
+from sundae.pretrained import add_prior_args, prior_from_args, sampling_config
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cfg-path", required=True, help="the TOML config the prior was trained with")
-    p.add_argument("--resume", required=True, help="training checkpoint (its EMA weights are used)")
+    p = ArgumentParser(__doc__)
     p.add_argument("--nb-samples", type=int, default=None, help="default: the config's sampling.nb_samples")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--class-idx", type=int, default=None, help="class of every sample (conditional models)")
@@ -29,11 +26,8 @@ def parse_args(argv):
     p.add_argument("--save-latents", default=None, metavar="FILE.npy", help="also save the token grids")
     p.add_argument("--grid", default=None, metavar="FILE.png", help="also tile all samples into one image")
     p.add_argument("--count-offset", type=int, default=0, help="number of the first sample file")
-    p.add_argument("--device", default=None, help="device of the prior (default: cuda when available)")
-    p.add_argument("--vqgan-device", default="cpu", help="device of the VQ-GAN decoder")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
-    add_sampling_args(p)
+    add_prior_args(p)
     return p.parse_args(argv)
 
 
@@ -43,8 +37,7 @@ def main(argv=None):
                                  ("--nb-samples", args.nb_samples, 1)):
         if value is not None and value < minimum:
             raise SundaeError(f"{flag} must be >= {minimum}, got {value}")
-    prior = load_prior(args.cfg_path, args.resume, device=args.device or default_device(),
-                       vqgan_device=args.vqgan_device)
+    prior = prior_from_args(args)
     sampling = sampling_config(prior.cfg.sampling, args)
     nb_samples = args.nb_samples or prior.cfg.sampling.nb_samples
     summary = bulk_sample(prior, sampling, args.out_dir, nb_samples, batch_size=args.batch_size,

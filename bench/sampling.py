@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sundae.checkpoint import load_denoiser  # noqa: E402
 from sundae.config import load_config  # noqa: E402
 from sundae.denoiser import build_denoiser  # noqa: E402
-from sundae.sampler import SamplingConfig, sample  # noqa: E402
+from sundae.sampler import sample  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,7 @@ def main(argv=None):
         model, note = load_denoiser(args.digits_ckpt, digits, device=device), "trained"
     else:
         model, note = build_denoiser(digits).to(device).eval(), "untrained (no checkpoint: run make demo)"
-    base = SamplingConfig(**{f.name: getattr(digits.sampling, f.name) for f in dataclasses.fields(SamplingConfig)})
+    base = digits.sampling
     for early in (True, False):
         cfg = dataclasses.replace(base, early_stop=early)
         rate, mean = measure(model, (8, 8), 17, cfg, args.digits_samples, 256, device, cond_classes=10)
@@ -72,7 +72,7 @@ def main(argv=None):
     ffhq = load_config(REPO / "config/ffhq1024/ffhq1024-hourglass.toml")
     ffhq.net = dataclasses.replace(ffhq.net, dim=128, nb_heads=4)
     model = build_denoiser(ffhq).to(device).eval()
-    base = SamplingConfig(**{f.name: getattr(ffhq.sampling, f.name) for f in dataclasses.fields(SamplingConfig)})
+    base = ffhq.sampling
     for early in (True, False):
         cfg = dataclasses.replace(base, early_stop=early)
         rate, mean = measure(model, (32, 32), 8192, cfg, args.ffhq_samples, args.ffhq_samples, device,

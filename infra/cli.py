@@ -1,7 +1,6 @@
-"""What every script's entry point shares: one-line errors for user mistakes, devices."""
+"""What every script's entry point shares: one-line errors for user mistakes."""
+import argparse
 import sys
-
-import torch
 
 from infra.errors import UserError
 
@@ -19,5 +18,12 @@ def run_cli(main, argv=None):
     sys.exit(code or 0)
 
 
-def default_device():
-    return "cuda" if torch.cuda.is_available() else "cpu"
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage mistakes are one-line UserErrors (so exit 2 through run_cli, and the
+    same `error: ...` line as every other mistake); the script's docstring is its --help text."""
+
+    def __init__(self, doc, **kwargs):
+        super().__init__(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message}")

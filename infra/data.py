@@ -44,3 +44,31 @@ class StepBatchSampler(torch.utils.data.Sampler):
                 perm = self._permutation(epoch)
             first = (step % per_epoch) * global_batch + self.rank * self.batch_size
             yield perm[first:first + self.batch_size].tolist()
+
+
+def split_groups(groups, shares, seed=0, min_sizes=None):
+    """The one seeded split: row indices -> one sorted index list per share, keeping every group
+    (a source image and its flipped copy, say) on one side.
+
+    groups: one hashable key per row (rows with equal keys stay together). shares: relative sizes
+    (fractions or counts) of the parts; each part after the first gets round(share / total *
+    number of groups) groups, at least its `min_sizes` entry, and the first part the rest (at
+    least one group). The order is a seeded permutation of the groups.
+    """
+    keys = list(dict.fromkeys(groups))  # distinct groups in first-seen order
+    total, n = float(sum(shares)), len(keys)
+    counts = [round(share / total * n) for share in shares[1:]]
+    if min_sizes is not None:
+        counts = [max(c, m) for c, m in zip(counts, min_sizes[1:])]
+    if sum(counts) > n - 1:
+        raise UserError(f"{n} group(s) of rows are too few to split in proportions {list(shares)} "
+                        "with at least one in training")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    part_of_key, start = {}, 0
+    for part, count in enumerate(counts, start=1):
+        part_of_key.update({keys[i]: part for i in order[start:start + count]})
+        start += count
+    parts = [[] for _ in shares]
+    for row, key in enumerate(groups):
+        parts[part_of_key.get(key, 0)].append(row)
+    return parts

@@ -9,9 +9,9 @@ from torchvision.io import ImageReadMode, read_image, write_png
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
-from sundae.errors import SundaeError
 from infra.files import atomic_path
 from infra.images import to_unit
+from sundae.errors import SundaeError
 from sundae.latents import token_dtype
 from sundae.sampler import sample
 

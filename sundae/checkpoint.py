@@ -1,16 +1,19 @@
-"""Reading our own training checkpoints: for resuming and for sampling (EMA weights)."""
+"""Reading our own training checkpoints: for resuming and for sampling (EMA weights).
+
+A checkpoint carries the config it was trained with (`hyper_parameters.config`), so the model it
+holds can always be rebuilt. Whether it fits a config is decided the nanoGPT way: build the
+config's model and compare state_dict shapes; on a mismatch, name the first setting whose saved
+value explains it.
+"""
+import dataclasses
 from pathlib import Path
 
 import torch
 
+from infra.errors import UserError
+from sundae.config import config_from_dict
 from sundae.denoiser import build_denoiser
 from sundae.errors import SundaeError
-
-# Config entries that decide the network's shape: a checkpoint must agree on all of them.
-ARCHITECTURE_KEYS = [("data", "vocab_size"), ("data", "latent_shape"), ("net", "type"), ("net", "dim"),
-                     ("net", "nb_heads"), ("net", "dim_head"), ("net", "depth"), ("net", "shorten_factor"),
-                     ("net", "ff_mult"), ("net", "use_rotary"), ("net", "updown_sample_type"),
-                     ("net", "attn_resampling"), ("net", "conditional"), ("net", "num_classes")]
 
 
 def read_checkpoint(path):
@@ -28,31 +31,67 @@ def read_checkpoint(path):
     return ckpt
 
 
-def check_checkpoint_matches(path, cfg, ckpt=None):
-    """SundaeError naming the first architecture key where checkpoint and config disagree."""
-    saved = (ckpt or read_checkpoint(path))["hyper_parameters"]["config"]
-    for section, key in ARCHITECTURE_KEYS:
+def model_weights(ckpt, use_ema=True):
+    """The denoiser's state_dict in a training checkpoint: its EMA when it has one and use_ema."""
+    state = ckpt["state_dict"]
+    prefix = "ema.module." if use_ema and any(k.startswith("ema.module.") for k in state) else "model."
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def check_fits(path, ckpt, cfg):
+    """SundaeError, one line, when the checkpoint's model is not the model `cfg` builds."""
+    shapes = _shapes(cfg)
+    if shapes == {k: tuple(v.shape) for k, v in model_weights(ckpt, use_ema=False).items()}:
+        return
+    saved = _saved_config(path, ckpt)
+    for section, key in _settings(cfg):
+        theirs = getattr(getattr(saved, section), key)
         mine = getattr(getattr(cfg, section), key)
-        theirs = saved.get(section, {}).get(key)
-        if _normalise(mine) != _normalise(theirs):
+        if theirs != mine and _shapes(_with(cfg, section, key, theirs)) != shapes:
             raise SundaeError(f"{path}: checkpoint was trained with {section}.{key} = {theirs!r}, "
                               f"but {cfg.path or 'the config'} has {mine!r}")
-
-
-def _normalise(value):
-    return [_normalise(v) for v in value] if isinstance(value, (list, tuple)) else value
+    raise SundaeError(f"{path}: its weights do not fit the model of {cfg.path or 'the config'}")
 
 
 def load_denoiser(path, cfg, device="cpu", use_ema=True):
     """The denoiser of a training checkpoint, with its EMA weights when it has them, in eval mode."""
     ckpt = read_checkpoint(path)
-    check_checkpoint_matches(path, cfg, ckpt)
-    state = ckpt["state_dict"]
-    prefix = "ema.module." if use_ema and any(k.startswith("ema.module.") for k in state) else "model."
-    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    check_fits(path, ckpt, cfg)
     model = build_denoiser(cfg)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise SundaeError(f"{path}: weights do not fit the config's [net] ({str(e).splitlines()[0]})") from None
+    model.load_state_dict(model_weights(ckpt, use_ema))
     return model.to(device).eval().requires_grad_(False)
+
+
+def _shapes(cfg):
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        return {k: tuple(v.shape) for k, v in build_denoiser(cfg).state_dict().items()}
+
+
+def _settings(cfg):
+    """The settings a model is built from, in the order they are reported."""
+    return [("data", "vocab_size"), ("data", "latent_shape"),
+            *(("net", f.name) for f in dataclasses.fields(cfg.net))]
+
+
+def _with(cfg, section, key, value):
+    new = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **{key: value})})
+    try:
+        _shapes(new)
+    except UserError:  # the saved value does not even build with the rest of this config
+        return cfg
+    return new
+
+
+def _saved_config(path, ckpt):
+    table = {k: v for k, v in ckpt["hyper_parameters"]["config"].items() if k != "path"}
+    try:
+        return config_from_dict(_drop_nones(table), source=f"{path} (its saved config)", warn=False)
+    except UserError as e:
+        raise SundaeError(f"{path}: its saved config no longer reads ({e})") from None
+
+
+def _drop_nones(table):
+    """asdict() writes unset options as None; TOML has no null, so they are left out."""
+    if isinstance(table, dict):
+        return {k: _drop_nones(v) for k, v in table.items() if v is not None}
+    return table

@@ -1,6 +1,7 @@
 """Training data: the latent splits a config names, and a resumable step-indexed batch order."""
 import torch
 
+from infra.data import split_groups
 from sundae.errors import SundaeError
 from sundae.latents import LatentDataset, read_meta
 
@@ -8,28 +9,28 @@ from sundae.latents import LatentDataset, read_meta
 def open_splits(cfg, seed=0):
     """(train, eval) datasets of a config's [data] section, checked against its vocab and shape.
 
-    With `root`: the dataset's own eval split when it has one, else a seeded random
-    `split_sizes` split of its train split. With `train_root`/`eval_root`: their train splits.
+    With `root`: the dataset's own eval split when it has one, else a seeded `split_sizes`
+    split of its train split that keeps rows of one source image (an image and its flipped
+    copy) together. With `train_root`/`eval_root`: their train splits.
     """
     data = cfg.data
     if data.root is not None:
         meta = read_meta(data.root)
         train = LatentDataset(data.root, "train")
-        if "eval" in meta["splits"] and data.split_sizes is None:
+        if "eval" in meta["splits"]:
             evaluation = LatentDataset(data.root, "eval")
         else:
             sizes = data.split_sizes or [0.95, 0.05]
-            n_eval = max(1, round(len(train) * sizes[1] / sum(sizes)))
-            if n_eval >= len(train):
-                raise SundaeError(f"{data.root}: {len(train)} rows are too few for split_sizes {sizes}")
-            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
-            evaluation = torch.utils.data.Subset(train, sorted(order[:n_eval]))
-            train = torch.utils.data.Subset(train, sorted(order[n_eval:]))
+            sources = meta["splits"]["train"].get("sources") or [None] * len(train)
+            groups = [i if source is None else source for i, source in enumerate(sources)]
+            train_rows, eval_rows, *_ = split_groups(groups, sizes, seed, min_sizes=[1, 1, 0][:len(sizes)])
+            evaluation = torch.utils.data.Subset(train, eval_rows)
+            train = torch.utils.data.Subset(train, train_rows)
     else:
         train = LatentDataset(data.train_root, "train")
-        evaluation = LatentDataset(data.eval_root, "train") if data.eval_root else None
-        if evaluation is None:
+        if not data.eval_root:
             raise SundaeError("data.eval_root: required with data.train_root")
+        evaluation = LatentDataset(data.eval_root, "train")
     for name, ds in (("train", train), ("eval", evaluation)):
         check_dataset_matches(cfg, _base(ds), name)
     return train, evaluation

@@ -1,36 +1,22 @@
 """Build the denoiser a config's [net] section describes."""
-from hourglass_transformer import HourglassTransformerLM
-
+from hourglass_transformer import HourglassError, HourglassTransformerLM
 from sundae.errors import SundaeError
-
-
-def _as_depth(depth, where="net.depth"):
-    """TOML lists -> the nested (pre, valley, post) tuples the backbone takes."""
-    if isinstance(depth, int):
-        return depth
-    if isinstance(depth, list) and len(depth) == 3:
-        pre, valley, post = depth
-        if isinstance(pre, int) and isinstance(post, int):
-            return (pre, _as_depth(valley, where), post)
-    raise SundaeError(f"{where}: expected an int or [pre, valley, post] (valley an int or another "
-                      f"such list), got {depth!r}")
 
 
 def build_denoiser(cfg):
     """HourglassTransformerLM for `net.type = "hourglass"`; for "vanilla"/"transformer" the same
     class with an integer depth (no down-sampling): one code path for both."""
     net = cfg.net
-    depth = _as_depth(net.depth)
-    if net.type in ("vanilla", "transformer"):
-        if not isinstance(depth, int):
-            raise SundaeError(f"net.depth: a {net.type} net takes an int depth, got {net.depth!r}")
-    elif isinstance(depth, int):
+    flat = isinstance(net.depth, int)
+    if net.type == "hourglass" and flat:
         raise SundaeError(f"net.depth: an hourglass net takes [pre, valley, post], got {net.depth!r}")
+    if net.type != "hourglass" and not flat:
+        raise SundaeError(f"net.depth: a {net.type} net takes an int depth, got {net.depth!r}")
     try:
         return HourglassTransformerLM(
             num_tokens=cfg.data.vocab_size,
             dim=net.dim,
-            depth=depth,
+            depth=net.depth,
             shorten_factor=net.shorten_factor,
             heads=net.nb_heads,
             dim_head=net.dim_head or net.dim // net.nb_heads,
@@ -43,5 +29,5 @@ def build_denoiser(cfg):
             num_classes=net.num_classes if net.conditional else None,
             max_grid=tuple(cfg.data.latent_shape),
         )
-    except ValueError as e:  # e.g. a shorten factor that is not a perfect square
+    except HourglassError as e:  # e.g. a shorten factor that is not a perfect square
         raise SundaeError(f"[net]: {e}") from None

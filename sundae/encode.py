@@ -5,8 +5,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sundae.errors import SundaeError
 from infra.images import ImageFiles, collate_skipping_unreadable
+from sundae.errors import SundaeError
 
 
 @dataclass

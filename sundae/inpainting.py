@@ -10,7 +10,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from infra.images import image_transform, list_images, open_rgb
+from sundae.discrete_datasets import quantise
 from sundae.errors import SundaeError
+from sundae.latents import LatentDataset, read_meta
 from sundae.masks import block_mask, grid_keep_mask_from_pixels, random_block_mask
 from sundae.sampler import sample
 
@@ -61,9 +64,42 @@ def inpaint(prior, tokens, keep, sampling, nb_samples, cond=None, generator=None
 
 def masked_preview(image, keep, gray=0.0):
     """(3, H, W) image with the regenerated latent patches painted gray, to show what was hidden."""
-    h, w = keep.shape
     pixel_keep = F.interpolate(keep[None, None].float(), size=image.shape[-2:], mode="nearest")[0]
     return image * pixel_keep + gray * (1 - pixel_keep)
+
+
+def load_inputs(prior, images=None, dataset_rows=None, class_idx=None):
+    """[(name, tokens (h, w), image (3, H, W) in [-1, 1], label)] for every input: rows of the
+    config's dataset (its eval split when it has one), or image files, encoded by the VQ-GAN or,
+    for token-space configs, read as gray levels with the dataset builders' own quantisation."""
+    label = class_idx or 0
+    if dataset_rows is not None:
+        data = prior.cfg.data
+        root = data.root or data.eval_root
+        ds = LatentDataset(root, "eval" if "eval" in read_meta(root)["splits"] else "train")
+        inputs = []
+        for i in dataset_rows:
+            if not 0 <= i < len(ds):
+                raise SundaeError(f"--dataset-rows {i}: out of range, {root} ({ds.split}) has {len(ds)} rows")
+            tokens, row_label = ds[i]
+            inputs.append((f"{ds.split}-{i:05d}", tokens, prior.render(tokens[None])[0], max(row_label, 0)))
+        return inputs
+    if images is None:
+        raise SundaeError("give an image file or directory, or --dataset-rows")
+    h, w = prior.latent_shape
+    inputs = []
+    for path in list_images(images):
+        if prior.vqgan is None:  # token space: gray levels on the latent grid
+            gray = (image_transform((h, w))(open_rgb(path)).mean(0) + 1) / 2  # (h, w) in [0, 1]
+            tokens = torch.from_numpy(quantise((gray * 255).round().byte().numpy(), prior.num_tokens))
+            inputs.append((path.stem, tokens, prior.render(tokens[None])[0], label))
+        else:
+            f = prior.vqgan.downsample_factor
+            image = image_transform((h * f, w * f))(open_rgb(path))
+            device = next(prior.vqgan.parameters()).device
+            tokens = prior.vqgan.encode(image[None].to(device))[0].cpu()
+            inputs.append((path.stem, tokens, image, label))
+    return inputs
 
 
 def figure_row(original, keep, inpaintings):

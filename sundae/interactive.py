@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from sundae.errors import SundaeError
+from infra.errors import UserError
 from infra.files import atomic_path
 from infra.images import save_png, to_unit
+from sundae.errors import SundaeError
 from sundae.sampler import SamplingConfig, sample
 
 MENU = """
@@ -36,8 +37,17 @@ class Params:
     class_idx: int = -1  # -1: random classes (conditional models)
     seed: int = 0
 
+    @classmethod
+    def from_sampling(cls, s, seed=0):
+        """The menu's starting values: a config's [sampling], end values made explicit."""
+        return cls(steps=s.steps, nb_samples=s.nb_samples, temperature=s.temperature,
+                   end_temperature=s.end_temperature or s.temperature,
+                   sample_proportion=s.sample_proportion,
+                   end_sample_proportion=s.end_sample_proportion or s.sample_proportion,
+                   min_steps=s.min_steps, early_stop=s.early_stop, seed=seed)
+
     def sampling(self):
-        fields = {f.name for f in dataclasses.fields(SamplingConfig)}
+        fields = {f.name for f in dataclasses.fields(SamplingConfig) if f.init}
         return SamplingConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in fields})
 
 
@@ -102,16 +112,14 @@ class InteractiveSampler:
                     value = parse_value(field.type, answer)
                     candidate = dataclasses.replace(self.params, **{field.name: value})
                     self.validate(candidate)
-                except SundaeError as e:
+                except UserError as e:
                     self.say(f"  {e}; try again")
                     continue
                 self.params = candidate
                 break
 
     def validate(self, params):
-        params.sampling()  # SamplingConfig checks the sampler's own fields
-        if params.nb_samples < 1:
-            raise SundaeError("nb_samples must be >= 1")
+        params.sampling()  # SamplingConfig checks the sampler's own fields, nb_samples included
         if params.class_idx != -1:
             self.prior.check_class(params.class_idx)
 

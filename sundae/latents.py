@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sundae.errors import SundaeError
 from infra.files import atomic_path
+from sundae.errors import SundaeError
 
 FORMAT_NAME = "sundae-latents"
 FORMAT_VERSION = 1

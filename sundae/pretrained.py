@@ -6,11 +6,11 @@ from typing import Optional
 
 import torch
 
+from infra.devices import default_device, resolve_device
 from sundae.checkpoint import load_denoiser
 from sundae.config import Config, load_config
 from sundae.errors import SundaeError
 from sundae.render import render_tokens
-from sundae.sampler import SamplingConfig
 from vqgan import load_vqgan
 
 SAMPLING_FLAGS = [  # (flag, SamplingConfig field, type)
@@ -23,27 +23,37 @@ SAMPLING_FLAGS = [  # (flag, SamplingConfig field, type)
 ]
 
 
-def add_sampling_args(parser):
-    """The sampling flags of sample.py / inpaint.py; unset flags keep the config's [sampling]."""
-    group = parser.add_argument_group("sampling (defaults: the config's [sampling])")
-    for flag, field, kind in SAMPLING_FLAGS:
-        group.add_argument(flag, type=kind, dest=field, default=None)
-    group.add_argument("--no-early-stop", action="store_true", help="run every sample for all steps")
+def add_prior_args(parser, sampling_flags=True):
+    """The flags the sampling scripts share: the trained prior, its devices, the seed and (unless
+    sampling_flags is off) the sampler's settings; unset sampling flags keep the config's."""
+    parser.add_argument("--cfg-path", required=True, help="the TOML config the prior was trained with")
+    parser.add_argument("--resume", required=True, help="training checkpoint (its EMA weights are used)")
+    parser.add_argument("--device", default=None, help="device of the prior (default: cuda when available)")
+    parser.add_argument("--vqgan-device", default="cpu", help="device of the VQ-GAN decoder")
+    parser.add_argument("--seed", type=int, default=0)
+    if sampling_flags:
+        group = parser.add_argument_group("sampling (defaults: the config's [sampling])")
+        for flag, field, kind in SAMPLING_FLAGS:
+            group.add_argument(flag, type=kind, dest=field, default=None)
+        group.add_argument("--no-early-stop", action="store_true", help="run every sample for all steps")
 
 
 def sampling_config(section, args):
-    """The config's [sampling] with the command line's overrides, as a plain SamplingConfig."""
-    values = {f.name: getattr(section, f.name) for f in dataclasses.fields(SamplingConfig)}
-    for _, field, _ in SAMPLING_FLAGS:
-        if getattr(args, field, None) is not None:
-            values[field] = getattr(args, field)
+    """The config's [sampling] with the command line's overrides (checked like the file's)."""
+    values = {field: getattr(args, field) for _, field, _ in SAMPLING_FLAGS if getattr(args, field, None) is not None}
     # A start value given on the command line without its end value means a constant schedule.
     for start, end in (("temperature", "end_temperature"), ("sample_proportion", "end_sample_proportion")):
-        if getattr(args, start, None) is not None and getattr(args, end, None) is None:
+        if start in values and end not in values:
             values[end] = values[start]
     if getattr(args, "no_early_stop", False):
         values["early_stop"] = False
-    return SamplingConfig(**values)
+    return dataclasses.replace(section, **values)
+
+
+def prior_from_args(args):
+    """The prior that add_prior_args' flags name."""
+    return load_prior(args.cfg_path, args.resume, device=args.device or default_device(),
+                      vqgan_device=args.vqgan_device)
 
 
 @dataclass
@@ -90,10 +100,10 @@ def load_config_vqgan(cfg, device="cpu"):
     return vqgan
 
 
-def load_prior(cfg_path, ckpt_path, device="cpu", vqgan_device=None, load_decoder=True):
+def load_prior(cfg_path, ckpt_path, device="cpu", vqgan_device=None):
     """Load a config, its trained denoiser (EMA weights) and its VQ-GAN decoder if it has one."""
     cfg = load_config(cfg_path)
-    device = torch.device(device)
+    device = resolve_device(device)
     model = load_denoiser(ckpt_path, cfg, device=device)
-    vqgan = load_config_vqgan(cfg, vqgan_device or "cpu") if load_decoder else None
+    vqgan = load_config_vqgan(cfg, resolve_device(vqgan_device or "cpu"))
     return Prior(cfg=cfg, model=model, vqgan=vqgan, device=device)

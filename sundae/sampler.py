@@ -3,53 +3,37 @@
 One sampler serves sample.py, inpaint.py, sample-interactive.py and the training sample grids.
 """
 import dataclasses
-import math
-from numbers import Real
-from typing import NamedTuple, Optional
+from typing import Annotated, NamedTuple, Optional
 
 import torch
 
+from infra.config import PositiveFloat, PositiveInt, Range, check_fields, ignored
 from sundae.categorical import sample_categorical
 from sundae.errors import SundaeError
+
+OpenUnit = Annotated[float, Range(0, 1, low_open=True)]  # (0, 1]
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-    """How to sample. end_* default to their start value (a constant schedule).
+    """How to sample: the [sampling] section of a config, passed to `sample` as it is.
 
-    Values are checked on construction, so dataclasses.replace(cfg, steps=0) raises too.
+    end_* default to their start value (a constant schedule). Values are checked on
+    construction, so dataclasses.replace(cfg, steps=0) raises too.
     """
 
-    steps: int = 100  # at most this many model calls per sample
-    temperature: float = 1.0
-    end_temperature: Optional[float] = None
-    sample_proportion: float = 0.5  # probability that a position takes its newly drawn token
-    end_sample_proportion: Optional[float] = None
-    min_steps: int = 10  # no sample freezes before it has used this many steps
+    steps: PositiveInt = 100  # at most this many model calls per sample
+    temperature: PositiveFloat = 1.0
+    end_temperature: Optional[PositiveFloat] = None
+    sample_proportion: OpenUnit = 0.5  # probability that a position takes its newly drawn token
+    end_sample_proportion: Optional[OpenUnit] = None
+    min_steps: PositiveInt = 10  # no sample freezes before it has used this many steps
     early_stop: bool = True
+    nb_samples: PositiveInt = 16  # how many to draw by default (sample.py, training grids)
+    sample_frequency: Optional[int] = ignored(None, "every evaluation draws a sample grid")
 
     def __post_init__(self):
-        _check_int("steps", self.steps, minimum=1)
-        _check_int("min_steps", self.min_steps, minimum=1)
-        for name in ("temperature", "end_temperature"):
-            value = getattr(self, name)
-            if value is not None and not (_is_real(value) and value > 0 and math.isfinite(value)):
-                raise SundaeError(f"sampling {name} must be a number > 0, got {value!r}")
-        for name in ("sample_proportion", "end_sample_proportion"):
-            value = getattr(self, name)
-            if value is not None and not (_is_real(value) and 0 < value <= 1):
-                raise SundaeError(f"sampling {name} must be a number in (0, 1], got {value!r}")
-        if not isinstance(self.early_stop, bool):
-            raise SundaeError(f"sampling early_stop must be true or false, got {self.early_stop!r}")
-
-
-def _is_real(value):
-    return isinstance(value, Real) and not isinstance(value, bool)
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SundaeError(f"sampling {name} must be an integer >= {minimum}, got {value!r}")
+        check_fields(self, "sampling")
 
 
 def temperature_schedule(cfg):

@@ -1,21 +1,18 @@
-"""The SUNDAE training run on PyTorch Lightning: module, data, atomic checkpoints."""
+"""The SUNDAE training run on PyTorch Lightning: the module (loss, EMA, evaluation, sample grids)
+and its data."""
 import dataclasses
 import math
-import os
-import shutil
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from infra.data import StepBatchSampler, step_generator
+from infra.images import save_png
+from infra.runs import restore_rng_state, rng_state
 from sundae.data import collate
 from sundae.denoiser import build_denoiser
-from sundae.errors import SundaeError
-from infra.files import atomic_path
-from infra.images import save_png
 from sundae.loss import unrolled_loss
 from sundae.render import render_tokens
 from sundae.sampler import sample
@@ -127,15 +124,10 @@ class SundaeModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["rng_states"] = {"torch": torch.get_rng_state(),
-                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        checkpoint["rng_states"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint):
-        states = checkpoint.get("rng_states")
-        if states is not None:
-            torch.set_rng_state(states["torch"])
-            if states["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(states["cuda"])
+        restore_rng_state(checkpoint.get("rng_states"))
 
 
 class LatentDataModule(pl.LightningDataModule):
@@ -158,63 +150,3 @@ class LatentDataModule(pl.LightningDataModule):
     def val_dataloader(self):
         return torch.utils.data.DataLoader(self.evaluation, batch_size=self.batch_size, shuffle=False,
                                            collate_fn=collate, num_workers=self.num_workers)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write each checkpoint to a temporary file beside it, then rename: an interrupted write
-    leaves the previous checkpoint of that name intact and no partial file behind."""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None):
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-
-
-class LastCheckpoint(pl.Callback):
-    """Keep `path` (last.ckpt) the newest training state: written with every numbered checkpoint
-    and after the final step, from the batch-end hook like ModelCheckpoint's own saves, so that
-    resuming it is exact, with a larger max_steps too. (ModelCheckpoint's save_last misses a final
-    step that is not a multiple of every_n_train_steps, and in a run shorter than that saves after
-    fit, a state from which a resumed run repeats one batch.)"""
-
-    def __init__(self, path, every_n_steps):
-        self.path, self.every_n_steps = path, every_n_steps
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        step = trainer.global_step
-        if step % self.every_n_steps == 0 or step == trainer.max_steps:
-            trainer.save_checkpoint(self.path)
-
-
-def prepare_run_dir(run_dir, cfg_path, config_name, outputs, resume=None, overwrite=False,
-                    no_save=False, rename_hint="choose another run directory"):
-    """Create the run directory of a training run with a copy of its config (call on rank 0).
-
-    A directory already holding checkpoints is refused unless the run resumes it, `overwrite`
-    starts over (its checkpoints and the `outputs` sub-directories are removed: left in place,
-    Lightning would write last-v1.ckpt beside the old last.ckpt) or nothing is saved.
-    """
-    run_dir = Path(run_dir)
-    checkpoints = run_dir / "checkpoints"
-    if any(checkpoints.glob("*.ckpt")) and not (resume or overwrite or no_save):
-        raise SundaeError(f"{checkpoints}: holds checkpoints of an earlier run; pass --resume "
-                          f"{checkpoints / 'last.ckpt'} to continue it, --overwrite to start over, "
-                          f"or {rename_hint}")
-    if overwrite and not resume:
-        for old in (checkpoints, *(run_dir / name for name in outputs)):
-            shutil.rmtree(old, ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if Path(cfg_path).resolve() != (run_dir / config_name).resolve():
-        shutil.copyfile(cfg_path, run_dir / config_name)
-
-
-def add_run_args(parser):
-    """The command-line flags every training script shares: seed, tracking, devices, saving."""
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--wandb", action="store_true", help="log to wandb (WANDB_MODE=offline works offline)")
-    parser.add_argument("--wandb-project", default="sundae-vqgan")
-    parser.add_argument("--devices", default="auto", help="number of devices per node (or 'auto')")
-    parser.add_argument("--num-nodes", type=int, default=1)
-    parser.add_argument("--accelerator", default="auto", choices=["cpu", "gpu", "auto"])
-    parser.add_argument("--no-save", action="store_true", help="write no checkpoints")

@@ -1,140 +1,13 @@
-"""Shared test helpers: running the top-level scripts, tiny configs and datasets, the fixtures."""
-import os
-import subprocess
+"""Fixtures shared by every test package: one intra-op thread for tiny models, and one tiny
+prior trained once per session."""
 import sys
-from pathlib import Path
+from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_FIXTURES = REPO.parent / "shared" / "fixtures" / "vqgan"
+from tests.helpers import REPO, run_main, write_tiny_config
 
-sys.path.insert(0, str(REPO))  # the packages, without installing
-
-
-def run_script(script, *args, cwd=None, env=None, timeout=600):
-    """Run a top-level script in a fresh interpreter; returns the CompletedProcess."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", **(env or {})}
-    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd or REPO,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
-
-
-def assert_user_error(proc, *fragments):
-    """A user mistake: exit status 2 and one `error: ...` line naming what was wrong."""
-    assert proc.returncode == 2, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
-
-
-def vqgan_fixture(name):
-    """Path of one conformance fixture directory, skipping when ../shared is absent."""
-    path = SHARED_FIXTURES / name
-    if not path.is_dir():
-        pytest.skip(f"VQ-GAN fixture {path} not present (../shared/fixtures/vqgan is handed out "
-                    "beside the checkout)")
-    return path
-
-
-def write_tiny_latents(root, n_train=64, n_eval=16, shape=(4, 4), vocab=5, classes=2, seed=0):
-    """A small structured latent dataset: each class is a fixed pattern with a little noise."""
-    from sundae.latents import create_latent_dataset
-
-    rng = np.random.default_rng(seed)
-    patterns = rng.integers(0, vocab, size=(classes, *shape))
-    class_names = [f"c{i}" for i in range(classes)] if classes else None
-    with create_latent_dataset(root, vocab, shape, class_names, {"created_by": "tests"}) as add_split:
-        for name, n in (("train", n_train), ("eval", n_eval)):
-            labels = rng.integers(0, max(classes, 1), size=n)
-            grids = patterns[labels] if classes else rng.integers(0, vocab, size=(n, *shape))
-            noise = rng.random(grids.shape) < 0.05
-            grids = np.where(noise, rng.integers(0, vocab, size=grids.shape), grids)
-            add_split(name, n).write(0, grids, labels if classes else None, [f"row{i}" for i in range(n)])
-    return Path(root)
-
-
-TINY_CONFIG = """\
-unroll_steps = 2
-
-[trainer]
-    exp_name = 'tiny'
-    batch_size = 8
-    learning_rate = 3e-3
-    max_steps = 20
-    eval_frequency = 10
-    eval_batches = 1
-    checkpoint_frequency = 10
-    ema_decay = 0.9
-    log_frequency = 1
-    runs_dir = '{runs}'
-
-[data]
-    root = '{data}'
-    vocab_size = 5
-    latent_shape = [4, 4]
-
-[sampling]
-    steps = 6
-    nb_samples = 4
-    min_steps = 2
-
-[net]
-    type = 'hourglass'
-    dim = 32
-    nb_heads = 2
-    depth = [1, 1, 1]
-    shorten_factor = 4
-    conditional = true
-    num_classes = 2
-"""
-
-
-def write_tiny_config(tmp_path, text=TINY_CONFIG, **fields):
-    """Write a tiny TOML config (and its dataset) under tmp_path; returns the config path."""
-    data = tmp_path / "latents"
-    if not data.exists():
-        write_tiny_latents(data)
-    path = tmp_path / "tiny.toml"
-    path.write_text(text.format(runs=tmp_path / "runs", data=data, **fields))
-    return path
-
-
-def run_main(script, *args):
-    """Run a top-level script's `main` in this interpreter through infra.cli.run_cli, as run_script
-    would run it in a fresh one, but without paying the start-up (torch, Lightning) again.
-
-    Returns a CompletedProcess (returncode, stdout, stderr) so `assert_user_error` applies. The
-    environment (PL_GLOBAL_SEED, ...) and torch's global RNG are restored afterwards.
-    """
-    import contextlib
-    import importlib.util
-    import io
-
-    import torch
-
-    from infra.cli import run_cli
-
-    path = REPO / script
-    spec = importlib.util.spec_from_file_location(f"_script_{path.stem.replace('-', '_')}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    argv = [str(a) for a in args]
-    stdout, stderr = io.StringIO(), io.StringIO()
-    saved_env, saved_rng = dict(os.environ), torch.get_rng_state()
-    try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            try:
-                run_cli(module.main, argv)
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-    finally:
-        os.environ.clear()
-        os.environ.update(saved_env)
-        torch.set_rng_state(saved_rng)
-    return subprocess.CompletedProcess([script, *argv], code, stdout.getvalue(), stderr.getvalue())
+sys.path.insert(0, str(REPO))  # the packages and scripts, without installing
 
 
 @pytest.fixture(scope="module")
@@ -149,4 +22,19 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
-ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1"}  # for run_script: see single_thread
+@pytest.fixture(scope="session")
+def tiny_prior(tmp_path_factory):
+    """The tiny config of tests.helpers trained by train.py for its 20 steps, seed 3 (evaluations
+    and checkpoints at steps 10 and 20). Tests read it; a test that writes makes its own run."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("tiny-prior")
+    cfg = write_tiny_config(root)
+    proc = run_main("train.py", "--cfg-path", cfg, "--seed", 3)
+    torch.set_num_threads(threads)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_dir = root / "runs" / "tiny"
+    return SimpleNamespace(root=root, cfg=cfg, data=root / "latents", run_dir=run_dir,
+                           checkpoints=run_dir / "checkpoints", last=run_dir / "checkpoints" / "last.ckpt")

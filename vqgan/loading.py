@@ -1,6 +1,7 @@
 """`load_vqgan`: a config file and a checkpoint in, a ready VQGAN out."""
 import torch
 
+from infra.devices import resolve_device
 from vqgan.checkpoint import AUTOENCODER_PREFIXES, load_autoencoder_state
 from vqgan.config import read_config
 from vqgan.errors import VQGANError
@@ -13,7 +14,7 @@ def load_vqgan(config_path, ckpt_path, legacy_cfg=None, device="cpu") -> VQGAN:
     `legacy_cfg`: None detects a combined Net2Net config, True forces that reading, False forces
     the plain one. The model comes back in eval mode with gradients off.
     """
-    device = _device(device)
+    device = resolve_device(device)
     config = read_config(config_path, legacy_cfg)
     state = load_autoencoder_state(ckpt_path, config.key_prefix)
     where = f"checkpoint {ckpt_path} does not fit config {config_path}"
@@ -31,16 +32,6 @@ def load_vqgan(config_path, ckpt_path, legacy_cfg=None, device="cpu") -> VQGAN:
     model = model.to_empty(device=device)
     model.load_state_dict(state, strict=True)
     return model.eval().requires_grad_(False)
-
-
-def _device(name):
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise VQGANError(f"invalid device {name!r}; expected e.g. 'cpu' or 'cuda'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise VQGANError(f"device {name!r} requested but CUDA is not available")
-    return device
 
 
 def check_state_dict(model, state, where):

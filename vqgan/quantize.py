@@ -57,7 +57,7 @@ class GumbelQuantizer(nn.Module):
         super().__init__()
         self.n_embed = n_embed
         self.kl_weight = kl_weight
-        self.temperature = temperature  # annealed by the trainer
+        self.temperature = temperature  # of the Gumbel-softmax in training; our trainer keeps it fixed
         self.proj = nn.Conv2d(z_channels, n_embed, 1)
         self.embed = nn.Embedding(n_embed, embed_dim)
 

@@ -10,15 +10,16 @@ import pytorch_lightning as pl
 import torch
 from einops import rearrange
 
-from infra.images import psnr, save_png
 from infra.data import step_generator
+from infra.images import psnr, save_png
+from infra.runs import restore_rng_state, rng_state
 from vqgan.diffaug import DiffAugment
 from vqgan.losses import VQGANLoss
 from vqgan.model import VQGAN
-from vqgan.training_config import TrainConfig
+from vqgan.training_config import VQGANTrainConfig
 
 
-def learning_rate(cfg: TrainConfig, world_size=1):
+def learning_rate(cfg: VQGANTrainConfig, world_size=1):
     """taming's rule: the base rate times the global batch size (unless training.scale_lr is off)."""
     if not cfg.training.scale_lr:
         return cfg.base_learning_rate
@@ -61,7 +62,7 @@ class VQGANModule(pl.LightningModule):
     """The autoencoder and its loss (discriminator, optional LPIPS) trained with two Adam
     optimisers; evaluation reports held-out PSNR and L1 and saves reconstruction grids."""
 
-    def __init__(self, cfg: TrainConfig, seed=0, run_dir=None, perceptual=None, codebook_window=None):
+    def __init__(self, cfg: VQGANTrainConfig, seed=0, run_dir=None, perceptual=None, codebook_window=None):
         super().__init__()
         self.automatic_optimization = False  # two optimisers, stepped in training_step
         self.cfg, self.seed = cfg, seed
@@ -212,14 +213,9 @@ class VQGANModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["codebook_counts"] = self.code_counts.cpu()
-        checkpoint["rng_states"] = {"torch": torch.get_rng_state(),
-                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        checkpoint["rng_states"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint):
         if "codebook_counts" in checkpoint:
             self.code_counts.copy_(checkpoint["codebook_counts"])
-        states = checkpoint.get("rng_states")
-        if states is not None:
-            torch.set_rng_state(states["torch"])
-            if states["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(states["cuda"])
+        restore_rng_state(checkpoint.get("rng_states"))

@@ -3,7 +3,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from infra.data import StepBatchSampler
+from infra.data import StepBatchSampler, split_groups
 from infra.images import ImageFiles, collate_skipping_unreadable, list_images
 from vqgan.errors import VQGANError
 
@@ -40,9 +40,9 @@ def split_files(files, eval_fraction, max_eval, seed=0):
     if len(files) < 2:
         raise VQGANError(f"{len(files)} image(s): need at least 2 to hold some out for evaluation "
                          "(or pass --eval-dataset)")
-    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
     n_eval = min(max(1, round(eval_fraction * len(files))), max_eval, len(files) - 1)
-    return [files[i] for i in sorted(order[n_eval:])], [files[i] for i in sorted(order[:n_eval])]
+    train, held_out = split_groups(files, [len(files) - n_eval, n_eval], seed)
+    return [files[i] for i in train], [files[i] for i in held_out]
 
 
 class CollateImages:

@@ -4,10 +4,10 @@ import tomllib
 
 import pytest
 
-from conftest import (ONE_THREAD_ENV, REPO, TINY_CONFIG, assert_user_error, run_main, run_script,
-                      write_tiny_config, write_tiny_latents)
 from sundae.config import config_from_dict, load_config
-from sundae.errors import SundaeError
+from infra.errors import UserError
+from tests.helpers import (ONE_THREAD_ENV, REPO, TINY_CONFIG, assert_user_error, run_main, run_script,
+                           write_tiny_config, write_tiny_latents)
 
 SHIPPED = sorted((REPO / "config").rglob("*.toml"))
 
@@ -17,10 +17,10 @@ def tiny_table():
 
 
 def error_of(edit):
-    """The SundaeError message of the tiny config after `edit(table)`."""
+    """The error message of the tiny config after `edit(table)`."""
     table = copy.deepcopy(tiny_table())
     edit(table)
-    with pytest.raises(SundaeError) as e:
+    with pytest.raises(UserError) as e:
         config_from_dict(table)
     message = str(e.value)
     assert "\n" not in message
@@ -81,10 +81,10 @@ def test_nb_batches_sets_the_eval_batches():
     (lambda t: t.update(unrol_steps=2), ["unknown key 'unrol_steps'", "did you mean 'unroll_steps'"]),
     (lambda t: t.update(optimiser={"lr": 1}), ["unknown key 'optimiser'"]),
     (lambda t: t["trainer"].update(learning_rat=1e-3),
-     ["[trainer]", "unknown key 'learning_rat'", "did you mean 'learning_rate'"]),
-    (lambda t: t["net"].update(nb_head=2), ["[net]", "'nb_head'", "did you mean 'nb_heads'"]),
-    (lambda t: t["sampling"].update(temprature=0.9), ["[sampling]", "did you mean 'temperature'"]),
-    (lambda t: t["data"].update(zzz=1), ["[data] unknown key 'zzz'"]),
+     ["unknown key 'trainer.learning_rat'", "did you mean 'learning_rate'"]),
+    (lambda t: t["net"].update(nb_head=2), ["'net.nb_head'", "did you mean 'nb_heads'"]),
+    (lambda t: t["sampling"].update(temprature=0.9), ["'sampling.temprature'", "did you mean 'temperature'"]),
+    (lambda t: t["data"].update(zzz=1), ["unknown key 'data.zzz'"]),
 ], ids=["top-level", "unknown-section", "trainer", "net", "sampling", "no-suggestion"])
 def test_unknown_keys_are_named(edit, fragments):
     message = error_of(edit)
@@ -99,14 +99,14 @@ def test_unknown_keys_are_named(edit, fragments):
     ("trainer", "learning_rate", "fast", "trainer.learning_rate: expected float"),
     ("net", "use_rotary", 1, "net.use_rotary: expected bool"),
     ("net", "dim", [32], "net.dim: expected int"),
-    ("data", "latent_shape", [4, "4"], "data.latent_shape: expected list[int], got [4, '4']"),
-    ("data", "latent_shape", 16, "data.latent_shape: expected list[int], got 16"),
-    ("net", "depth", "deep", "net.depth: expected int or list, got 'deep'"),
+    ("data", "latent_shape", [4, "4"], "data.latent_shape[1]: expected int, got '4'"),
+    ("data", "latent_shape", 16, "data.latent_shape: expected list[int >= 1], got 16"),
+    ("net", "depth", "deep", "net.depth: expected int >= 0 or list, got 'deep'"),
     ("trainer", "betas", [0.9, "x"], "trainer.betas[1]: expected float"),
     ("data", "root", 3, "data.root: expected str, got 3"),
     ("sampling", "steps", 2.5, "sampling.steps: expected int"),
     (None, "unroll_steps", "2", "unroll_steps: expected int"),
-    (None, "trainer", 3, "expected a [trainer] table"),
+    (None, "trainer", 3, "trainer: expected a table, got 3"),
 ])
 def test_wrong_types_are_named(section, key, value, fragment):
     def edit(table):
@@ -121,15 +121,15 @@ def drop(section, key):
 @pytest.mark.parametrize("edit, fragments", [
     (lambda t: t["data"].update(vocabulary_size=6), ["data.vocab_size (5)", "data.vocabulary_size (6)", "disagree"]),
     (drop("data", "vocab_size"), ["data.vocab_size: required"]),
-    (lambda t: t["data"].update(vocab_size=1), ["data.vocab_size: must be >= 2"]),
+    (lambda t: t["data"].update(vocab_size=1), ["data.vocab_size: expected int >= 2, got 1"]),
     (lambda t: (t["data"].pop("latent_shape"), t["data"].update(sequence_length=12)),
      ["data.sequence_length", "12 is not a square"]),
     (lambda t: t["data"].update(sequence_length=15), ["data.sequence_length (15)", "[4, 4]"]),
     (drop("data", "latent_shape"), ["data.latent_shape: required"]),
-    (lambda t: t["data"].update(latent_shape=[4, 4, 4]), ["data.latent_shape: expected [h, w]"]),
+    (lambda t: t["data"].update(latent_shape=[4, 4, 4]), ["data.latent_shape: expected list[int >= 1] with 2 items, got [4, 4, 4]"]),
     (lambda t: t.update(vqgan={"config": "v.yaml", "checkpoint": "v.ckpt", "latent_shape": [8, 8]}),
      ["data.latent_shape [4, 4]", "vqgan.latent_shape [8, 8]", "disagree"]),
-    (lambda t: t.update(vqgan={"config": "v.yaml"}), ["vqgan", "'checkpoint'"]),
+    (lambda t: t.update(vqgan={"config": "v.yaml"}), ["missing key 'vqgan.checkpoint'"]),
     (drop("data", "root"), ["data.root: required"]),
     (lambda t: t["data"].update(train_root="x"), ["either root or train_root"]),
     (lambda t: t["data"].update(split_sizes=[0.9]), ["data.split_sizes"]),
@@ -142,12 +142,12 @@ def drop(section, key):
     (lambda t: t["trainer"].update(ema_decay=1.0), ["trainer.ema_decay"]),
     (lambda t: t["trainer"].update(batch_size=0), ["trainer.batch_size"]),
     (lambda t: t["trainer"].update(checkpoint_frequency=0), ["trainer.checkpoint_frequency"]),
-    (lambda t: t.update(unroll_steps=0), ["unroll_steps: must be >= 1"]),
-    (lambda t: t["sampling"].update(steps=0), ["sampling steps", ">= 1", "0"]),
-    (lambda t: t["sampling"].update(temperature=0.0), ["sampling temperature", "> 0"]),
-    (lambda t: t["sampling"].update(end_temperature=-1.0), ["sampling end_temperature"]),
-    (lambda t: t["sampling"].update(sample_proportion=1.5), ["sampling sample_proportion", "(0, 1]"]),
-    (lambda t: t["sampling"].update(end_sample_proportion=0.0), ["sampling end_sample_proportion"]),
+    (lambda t: t.update(unroll_steps=0), ["unroll_steps: expected int >= 1, got 0"]),
+    (lambda t: t["sampling"].update(steps=0), ["sampling.steps: expected int >= 1, got 0"]),
+    (lambda t: t["sampling"].update(temperature=0.0), ["sampling.temperature: expected float > 0, got 0.0"]),
+    (lambda t: t["sampling"].update(end_temperature=-1.0), ["sampling.end_temperature: expected float > 0, got -1.0"]),
+    (lambda t: t["sampling"].update(sample_proportion=1.5), ["sampling.sample_proportion: expected float in (0, 1], got 1.5"]),
+    (lambda t: t["sampling"].update(end_sample_proportion=0.0), ["sampling.end_sample_proportion: expected float in (0, 1], got 0.0"]),
     (lambda t: t["sampling"].update(nb_samples=0), ["sampling.nb_samples"]),
 ])
 def test_bad_values_and_mismatches_are_named(edit, fragments):
@@ -159,12 +159,12 @@ def test_bad_values_and_mismatches_are_named(edit, fragments):
 def test_load_config_prefixes_the_file_and_reports_bad_toml(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text(TINY_CONFIG.format(runs="r", data="d").replace("batch_size = 8", "batch_size = '8'"))
-    with pytest.raises(SundaeError, match=r"bad\.toml: trainer\.batch_size"):
+    with pytest.raises(UserError, match=r"bad\.toml: trainer\.batch_size"):
         load_config(path)
     path.write_text("[trainer\n")
-    with pytest.raises(SundaeError, match="invalid TOML"):
+    with pytest.raises(UserError, match="invalid TOML"):
         load_config(path)
-    with pytest.raises(SundaeError, match="config file not found"):
+    with pytest.raises(UserError, match="config file not found"):
         load_config(tmp_path / "missing.toml")
 
 
@@ -199,3 +199,23 @@ def test_train_latent_shape_the_hourglass_cannot_divide_exits_2(tmp_path):
     proc = run_main("train.py", "--cfg-path", path)
     assert_user_error(proc, "tiny.toml", "latent shape [3, 3]", "shorten_factor 4")
     assert not (tmp_path / "runs").exists()  # nothing written for a config that cannot train
+
+
+def test_original_keys_that_do_nothing_load_with_one_warning_each(capsys):
+    table = tiny_table()
+    table["trainer"]["metric_names"] = ["accuracy"]
+    table["net"]["use_scalenorm"] = True
+    table["sampling"]["sample_frequency"] = 100
+    cfg = config_from_dict(table, source="orig.toml")
+    assert cfg.trainer.metric_names == ["accuracy"] and cfg.net.use_scalenorm
+    warnings = capsys.readouterr().err.splitlines()
+    assert warnings == [
+        "warning: orig.toml: trainer.metric_names is accepted for compatibility and ignored "
+        "(loss and accuracy are always logged)",
+        "warning: orig.toml: sampling.sample_frequency is accepted for compatibility and ignored "
+        "(every evaluation draws a sample grid)",
+        "warning: orig.toml: net.use_scalenorm is accepted for compatibility and ignored "
+        "(every block uses LayerNorm)",
+    ]
+    config_from_dict(tiny_table())
+    assert capsys.readouterr().err == ""  # nothing to say when they are not set

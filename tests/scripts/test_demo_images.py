@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_main
 from sundae.config import load_config
+from tests.helpers import REPO, run_main
 from vqgan.training_config import load_train_config
 
 pytest.importorskip("skimage")

@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 
 from sundae.config import load_config
+from tests.helpers import REPO
 from vqgan.config import read_config
 
-CONFIG = Path(__file__).resolve().parents[1] / "config"
+CONFIG = REPO / "config"
 PRIOR_CONFIGS = sorted(CONFIG.rglob("*.toml"))
 VQGAN_CONFIGS = sorted((CONFIG / "vqgan").glob("*.yaml"))
 

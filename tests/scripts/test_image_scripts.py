@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import assert_user_error, run_script, vqgan_fixture
 from infra.images import image_transform, open_rgb, psnr
 from sundae.latents import LatentDataset
+from tests.helpers import assert_user_error, run_script, vqgan_fixture
 from vqgan import load_vqgan
 
 

@@ -5,18 +5,18 @@ indices must match exactly and images within the fixture's tolerance.
 """
 import json
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.helpers import SHARED_FIXTURES
 from vqgan import build_vqgan, config_from_dict, load_vqgan
 from vqgan.modules import AttnBlock, Downsample, LinearAttnBlock, ResnetBlock
 from vqgan.quantize import GumbelQuantizer, VectorQuantizer
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vqgan"
+FIXTURES = SHARED_FIXTURES
 NAMES = sorted(p.parent.name for p in FIXTURES.glob("*/config.yaml"))
 ATOL = 1e-4  # sound for every fixture (README: float32 noise is ~3e-6, real bugs >= 8e-4)
 

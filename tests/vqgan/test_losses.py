@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import vqgan_fixture
+from tests.helpers import vqgan_fixture
 from vqgan.diffaug import Augmentation, DiffAugment, translate
 from vqgan.discriminator import PatchDiscriminator
 from vqgan.errors import VQGANError
-from vqgan.losses import (ADAPTIVE_WEIGHT_DELTA, VQGANLoss, adaptive_weight, generator_loss,
-                          hinge_d_loss, l1_loss, vanilla_d_loss)
+from vqgan.losses import (ADAPTIVE_WEIGHT_DELTA, VQGANLoss, adaptive_weight, generator_loss, hinge_d_loss,
+                          l1_loss, vanilla_d_loss)
 from vqgan.lpips import LPIPS, load_lpips
 from vqgan.training_config import LossConfig
 

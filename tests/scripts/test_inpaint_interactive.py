@@ -4,22 +4,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import assert_user_error, run_main, write_tiny_config
+from sundae.errors import SundaeError
 from sundae.inpainting import latent_keep_mask, masked_preview, read_mask_image, regenerate_mask
 from sundae.interactive import InteractiveSampler, Params, parse_value
-from sundae.errors import SundaeError
 from sundae.latents import LatentDataset
 from sundae.pretrained import load_prior
 from sundae.render import tokens_to_gray
-
-
-@pytest.fixture(scope="module")
-def tiny_prior(tmp_path_factory, single_thread):
-    root = tmp_path_factory.mktemp("tiny-prior")
-    cfg = write_tiny_config(root)
-    proc = run_main("train.py", "--cfg-path", cfg, "--max-steps", 10, "--seed", 1)
-    assert proc.returncode == 0, proc.stderr
-    return cfg, root / "runs" / "tiny" / "checkpoints" / "last.ckpt", root / "latents"
+from tests.helpers import assert_user_error, run_main
 
 
 def read_png_tokens(path, vocab, cell=4, padding=2):
@@ -35,7 +26,7 @@ def read_png_tokens(path, vocab, cell=4, padding=2):
 
 
 def test_inpaint_dataset_rows_keep_known_tokens(tmp_path, tiny_prior):
-    cfg, ckpt, data = tiny_prior
+    cfg, ckpt, data = tiny_prior.cfg, tiny_prior.last, tiny_prior.data
     out = tmp_path / "inpaint"
     proc = run_main("inpaint.py", "--dataset-rows", 0, 3, "--cfg-path", cfg, "--resume", ckpt,
                     "--block", 1, 1, 2, 3, "--nb-samples", 3, "--out-dir", out, "--steps", 4)
@@ -80,7 +71,7 @@ def test_masked_preview_grays_regenerated_patches():
 
 @pytest.mark.parametrize("case", ["mask_size", "class", "checkpoint", "rows"])
 def test_inpaint_bad_input(tmp_path, tiny_prior, case):
-    cfg, ckpt, _ = tiny_prior
+    cfg, ckpt = tiny_prior.cfg, tiny_prior.last
     Image.fromarray(np.zeros((5, 4), np.uint8)).save(tmp_path / "mask.png")
     base = ["--cfg-path", cfg, "--resume", ckpt, "--out-dir", tmp_path / "out"]
     args, fragments = {
@@ -107,7 +98,7 @@ def scripted(answers):
 
 
 def test_interactive_menu(tmp_path, tiny_prior):
-    cfg, ckpt, _ = tiny_prior
+    cfg, ckpt = tiny_prior.cfg, tiny_prior.last
     prior = load_prior(cfg, ckpt)
     params = Params(steps=4, nb_samples=2, temperature=1.0, end_temperature=1.0, sample_proportion=0.5,
                     end_sample_proportion=0.5, min_steps=2)
@@ -122,7 +113,7 @@ def test_interactive_menu(tmp_path, tiny_prior):
     assert any("nothing sampled yet" in s for s in said)
     assert any("invalid choice 'x'" in s for s in said)
     assert any("not a valid float" in s for s in said)
-    assert any("sample_proportion must be" in s for s in said)
+    assert any("sampling.sample_proportion: expected" in s for s in said)
     assert any("--class-idx 9" in s for s in said)  # out of range for 2 classes, re-asked
     assert session.params.nb_samples == 3 and session.params.temperature == 0.9 and session.params.history
     files = sorted(p.name for p in (tmp_path / "inter").iterdir())
@@ -134,7 +125,7 @@ def test_interactive_menu(tmp_path, tiny_prior):
 
 
 def test_interactive_leaves_cleanly_on_ctrl_c(tmp_path, tiny_prior):
-    cfg, ckpt, _ = tiny_prior
+    cfg, ckpt = tiny_prior.cfg, tiny_prior.last
     params = Params(steps=2, nb_samples=1, temperature=1.0, end_temperature=1.0, sample_proportion=0.5,
                     end_sample_proportion=0.5, min_steps=1)
 

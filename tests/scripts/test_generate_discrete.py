@@ -4,8 +4,8 @@ import re
 import numpy as np
 import pytest
 
-from conftest import ONE_THREAD_ENV, assert_user_error, run_main, run_script
 from sundae.latents import LatentDataset, read_meta
+from tests.helpers import ONE_THREAD_ENV, assert_user_error, run_main, run_script
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """train-vqgan.py end to end on tiny image folders: taming-format checkpoints, learning, resume,
 codebook statistics, reconstructions, and one-line errors for bad input."""
-import csv
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,10 +8,11 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import ONE_THREAD_ENV, assert_user_error, run_main, run_script, vqgan_fixture
+from tests.helpers import ONE_THREAD_ENV, assert_user_error, metrics, run_main, run_script, vqgan_fixture
+from tests.helpers import load_checkpoint as load
 from vqgan import load_vqgan
 from vqgan.training import perplexity, restart_dead_codes
-from vqgan.training_config import MAX_CODES
+from vqgan.training_config import MAX_CODES, load_train_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -59,19 +59,6 @@ def train(*args):
     proc = run_main("train-vqgan.py", *args)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     return proc
-
-
-def metrics(run_dir, column):
-    """(step, value) of every CSV log row with `column`, over all runs in run_dir."""
-    rows = []
-    for log in sorted((run_dir / "logs").glob("version_*/metrics.csv")):
-        with open(log) as f:
-            rows += [(int(r["step"]), float(r[column])) for r in csv.DictReader(f) if r.get(column)]
-    return rows
-
-
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +224,8 @@ def test_resume_continues_identically(tiny_run, tmp_path):
 def test_two_process_cpu_ddp(tiny_run, tmp_path):
     # both optimisers under DDP (each backward leaves the other half of the parameters unused),
     # the code counts summed over processes, dead codes restarted identically everywhere
-    proc = run_script("train-vqgan.py", "--cfg-path", tiny_run.cfg, "--dataset", tiny_run.images,
+    cfg_path = write_config(tmp_path / "scaled.yaml", tiny_config(scale_lr=True))
+    proc = run_script("train-vqgan.py", "--cfg-path", cfg_path, "--dataset", tiny_run.images,
                       "--run-dir", tmp_path / "run", "--devices", 2, "--accelerator", "cpu",
                       "--max-steps", 6, env=ONE_THREAD_ENV)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -245,6 +233,13 @@ def test_two_process_cpu_ddp(tiny_run, tmp_path):
     ckpt = load(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 6 and len(ckpt["optimizer_states"]) == 2
     assert ckpt["optimizer_states"][1]["state"]  # the discriminator (on from step 4) was stepped
+    # the learning rate is scaled by the world size the run really has (resolved before anything
+    # is built), and what the log line announces is what the optimisers use
+    cfg = load_train_config(cfg_path)
+    scaled = cfg.base_learning_rate * cfg.data.batch_size * 2
+    assert [group["lr"] for state in ckpt["optimizer_states"] for group in state["param_groups"]] \
+        == pytest.approx([scaled, scaled])
+    assert f"learning rate {scaled:.3g} (2 process(es))" in proc.stdout
     usage = metrics(tmp_path / "run", "train/codebook_usage")
     assert [step for step, _ in usage] == [2, 5]
 
@@ -291,7 +286,7 @@ def test_codebook_too_large_for_the_latent_dtype_exits_2(tmp_path):
 @pytest.mark.parametrize("section,key,fragment", [
     ("training", "max_step", "unknown key 'training.max_step' (did you mean 'max_steps'?)"),
     ("loss", "disc_weight_max", "unknown key 'model.params.lossconfig.params.disc_weight_max'"),
-    ("training", "eval_every", "'training.eval_every' must be int, got 'often'"),
+    ("training", "eval_every", "training.eval_every: expected int, got 'often'"),
 ])
 def test_config_mistakes_name_the_key(tmp_path, section, key, fragment):
     cfg = tiny_config()

@@ -4,13 +4,13 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import write_tiny_config, write_tiny_latents
-from sundae.config import load_config
 from infra.data import StepBatchSampler
 from infra.errors import UserError
+from sundae.config import load_config
 from sundae.data import check_dataset_matches, collate, open_splits
 from sundae.errors import SundaeError
 from sundae.latents import LatentDataset
+from tests.helpers import write_tiny_config, write_tiny_latents
 
 
 def batches(**kwargs):
@@ -96,13 +96,28 @@ def split_rows(cfg, seed):
     return list(train.indices), list(evaluation.indices)
 
 
-def test_split_sizes_split_is_disjoint_and_seeded(tiny_cfg):
-    cfg = with_data(tiny_cfg, split_sizes=[0.75, 0.25])
+def test_split_sizes_split_is_disjoint_seeded_and_keeps_sources_together(tmp_path, tiny_cfg):
+    # 64 rows from 32 source images, each followed by its flipped copy (as generate-latents.py writes)
+    sources = [f"img{i // 2}.png" for i in range(64)]
+    root = write_tiny_latents(tmp_path / "flipped", n_eval=0, sources=sources)
+    cfg = with_data(tiny_cfg, root=str(root), split_sizes=[0.75, 0.25])
     train, evaluation = split_rows(cfg, seed=0)
-    assert len(train) == 48 and len(evaluation) == 16
+    assert len(train) == 48 and len(evaluation) == 16  # 24 and 8 images
     assert not set(train) & set(evaluation) and sorted(train + evaluation) == list(range(64))
+    assert {r // 2 for r in train}.isdisjoint({r // 2 for r in evaluation})  # never a mirror across
     assert split_rows(cfg, seed=0) == (train, evaluation)
     assert split_rows(cfg, seed=1)[1] != evaluation
+
+
+def test_original_three_way_split_sizes_hold_out_a_test_share(tmp_path, tiny_cfg):
+    root = write_tiny_latents(tmp_path / "only-train", n_train=100, n_eval=0)
+    train, evaluation = split_rows(with_data(tiny_cfg, root=str(root), split_sizes=[80, 10, 10]), seed=0)
+    assert len(train) == 80 and len(evaluation) == 10  # the original's counts: the test rows are unused
+
+
+def test_a_datasets_own_eval_split_wins_over_split_sizes(tiny_cfg):
+    train, evaluation = open_splits(with_data(tiny_cfg, split_sizes=[0.5, 0.5]))
+    assert isinstance(evaluation, LatentDataset) and evaluation.split == "eval" and len(train) == 64
 
 
 def test_without_an_eval_split_the_default_holds_out_five_percent(tmp_path):

@@ -1,23 +1,22 @@
 """train.py end to end on a tiny dataset: learning, checkpoints, resume, DDP; and sample.py on its
 checkpoint. Most runs go through `run_main` (the scripts' own main and error handling, in this
 interpreter); the ones that must be real processes use `run_script`."""
-import csv
 import math
 import os
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import (ONE_THREAD_ENV, TINY_CONFIG, assert_user_error, run_main, run_script,
-                      write_tiny_config)
+from infra.images import to_unit
+from infra.runs import AtomicCheckpointIO
 from sundae.checkpoint import load_denoiser
 from sundae.config import load_config
-from infra.images import to_unit
 from sundae.render import tokens_to_gray
-from sundae.training import AtomicCheckpointIO
+from tests.helpers import (ONE_THREAD_ENV, TINY_CONFIG, assert_user_error, metrics, run_main, run_script,
+                           write_tiny_config)
+from tests.helpers import load_checkpoint as load
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -31,74 +30,50 @@ def renamed(text, exp_name):
     return text.replace("exp_name = 'tiny'", f"exp_name = '{exp_name}'")
 
 
-def metrics(run_dir, column):
-    """(step, value) of every row of the CSV logs that has `column`, over all runs in run_dir."""
-    rows = []
-    for log in sorted((run_dir / "logs").glob("version_*/metrics.csv")):
-        with open(log) as f:
-            rows += [(int(row["step"]), float(row[column])) for row in csv.DictReader(f) if row.get(column)]
-    return rows
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, single_thread):
-    """The tiny config trained for its 20 steps (evals and checkpoints at 10 and 20), seed 3."""
-    root = tmp_path_factory.mktemp("tiny-run")
-    cfg = write_tiny_config(root)
-    expect_ok(run_main("train.py", "--cfg-path", cfg, "--seed", 3))
-    run_dir = root / "runs" / "tiny"
-    return SimpleNamespace(root=root, cfg=cfg, run_dir=run_dir, checkpoints=run_dir / "checkpoints",
-                           last=run_dir / "checkpoints" / "last.ckpt")
-
-
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 # --- the run directory -----------------------------------------------------------------------
 
-def test_numbered_checkpoints_every_checkpoint_frequency_plus_last(tiny_run):
-    names = sorted(p.name for p in tiny_run.checkpoints.iterdir())
+def test_numbered_checkpoints_every_checkpoint_frequency_plus_last(tiny_prior):
+    names = sorted(p.name for p in tiny_prior.checkpoints.iterdir())
     assert names == ["last.ckpt", "step-0000010.ckpt", "step-0000020.ckpt"]
     for name, step in (("step-0000010.ckpt", 10), ("step-0000020.ckpt", 20), ("last.ckpt", 20)):
-        ckpt = load(tiny_run.checkpoints / name)
+        ckpt = load(tiny_prior.checkpoints / name)
         assert ckpt["global_step"] == step
         # the EMA in a checkpoint has seen every optimiser step of its model
         assert ckpt["state_dict"]["ema.n_averaged"].item() == step
         assert ckpt["hyper_parameters"]["seed"] == 3 and "rng_states" in ckpt
         assert ckpt["optimizer_states"] and ckpt["lr_schedulers"][0]["last_epoch"] == step
-    assert not list(tiny_run.checkpoints.glob(".*"))  # no temporary files left by atomic writes
+    assert not list(tiny_prior.checkpoints.glob(".*"))  # no temporary files left by atomic writes
 
 
-def test_run_dir_holds_a_copy_of_the_config(tiny_run):
-    assert (tiny_run.run_dir / "config.toml").read_bytes() == tiny_run.cfg.read_bytes()
+def test_run_dir_holds_a_copy_of_the_config(tiny_prior):
+    assert (tiny_prior.run_dir / "config.toml").read_bytes() == tiny_prior.cfg.read_bytes()
 
 
-def test_each_eval_logs_eval_loss_and_saves_a_sample_grid(tiny_run):
-    assert [step for step, _ in metrics(tiny_run.run_dir, "eval/loss")] == [9, 19]  # after steps 10, 20
-    assert all(0 < loss < math.log(5) + 0.5 for _, loss in metrics(tiny_run.run_dir, "eval/loss"))
-    assert len(metrics(tiny_run.run_dir, "eval/ema_accuracy")) == 2
-    grids = sorted(p.name for p in (tiny_run.run_dir / "samples").iterdir())
+def test_each_eval_logs_eval_loss_and_saves_a_sample_grid(tiny_prior):
+    assert [step for step, _ in metrics(tiny_prior.run_dir, "eval/loss")] == [9, 19]  # after steps 10, 20
+    assert all(0 < loss < math.log(5) + 0.5 for _, loss in metrics(tiny_prior.run_dir, "eval/loss"))
+    assert len(metrics(tiny_prior.run_dir, "eval/ema_accuracy")) == 2
+    grids = sorted(p.name for p in (tiny_prior.run_dir / "samples").iterdir())
     assert grids == ["step-0000010.png", "step-0000020.png"]
-    with Image.open(tiny_run.run_dir / "samples" / grids[-1]) as image:
+    with Image.open(tiny_prior.run_dir / "samples" / grids[-1]) as image:
         # 4 samples in a 2 x 2 grid of 16 x 16 gray renders (4 x 4 tokens, scale 4), 2 px padding
         assert image.size == (2 * 16 + 3 * 2, 2 * 16 + 3 * 2)
 
 
-def test_sampling_weights_are_the_ema(tiny_run):
-    cfg = load_config(tiny_run.cfg)
-    state = load(tiny_run.last)["state_dict"]
-    model = load_denoiser(tiny_run.last, cfg)
+def test_sampling_weights_are_the_ema(tiny_prior):
+    cfg = load_config(tiny_prior.cfg)
+    state = load(tiny_prior.last)["state_dict"]
+    model = load_denoiser(tiny_prior.last, cfg)
     name, weight = next(iter(model.state_dict().items()))
     assert torch.equal(weight, state[f"ema.module.{name}"])
     assert not torch.equal(state[f"ema.module.{name}"], state[f"model.{name}"])
 
 
-def test_existing_run_dir_with_checkpoints_is_refused(tiny_run):
-    before = {p.name: p.stat().st_mtime_ns for p in tiny_run.checkpoints.iterdir()}
-    proc = run_main("train.py", "--cfg-path", tiny_run.cfg, "--seed", 3)
-    assert_user_error(proc, str(tiny_run.checkpoints), "--resume", "--overwrite")
-    assert {p.name: p.stat().st_mtime_ns for p in tiny_run.checkpoints.iterdir()} == before
+def test_existing_run_dir_with_checkpoints_is_refused(tiny_prior):
+    before = {p.name: p.stat().st_mtime_ns for p in tiny_prior.checkpoints.iterdir()}
+    proc = run_main("train.py", "--cfg-path", tiny_prior.cfg, "--seed", 3)
+    assert_user_error(proc, str(tiny_prior.checkpoints), "--resume", "--overwrite")
+    assert {p.name: p.stat().st_mtime_ns for p in tiny_prior.checkpoints.iterdir()} == before
 
 
 def test_no_save_writes_no_checkpoints(tmp_path):
@@ -142,17 +117,17 @@ def test_tiny_model_overfits_tiny_dataset(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_continues_identically(tiny_run, tmp_path):
+def test_resume_continues_identically(tiny_prior, tmp_path):
     # The tiny run did 20 steps straight; here 10 steps, stop, then --resume for the other 10.
     # Batches cross epoch boundaries (64 rows / 8 = 8 steps per epoch) and an eval at step 10.
     cfg = tmp_path / "half.toml"
-    cfg.write_text(renamed(tiny_run.cfg.read_text(), "half"))
+    cfg.write_text(renamed(tiny_prior.cfg.read_text(), "half"))
     expect_ok(run_main("train.py", "--cfg-path", cfg, "--seed", 3, "--max-steps", 10))
-    checkpoints = tiny_run.root / "runs" / "half" / "checkpoints"
+    checkpoints = tiny_prior.root / "runs" / "half" / "checkpoints"
     assert load(checkpoints / "last.ckpt")["global_step"] == 10
     expect_ok(run_main("train.py", "--cfg-path", cfg, "--seed", 3, "--resume", checkpoints / "last.ckpt"))
 
-    straight, resumed = load(tiny_run.last), load(checkpoints / "last.ckpt")
+    straight, resumed = load(tiny_prior.last), load(checkpoints / "last.ckpt")
     assert resumed["global_step"] == 20
     assert straight["state_dict"].keys() == resumed["state_dict"].keys()
     assert any(k.startswith("ema.module.") for k in straight["state_dict"])
@@ -219,10 +194,10 @@ def gray_render(tokens, vocab_size):
 
 
 @pytest.mark.slow
-def test_bulk_sampling_saves_the_rendered_latents_and_resumes_without_overwriting(tiny_run, tmp_path):
+def test_bulk_sampling_saves_the_rendered_latents_and_resumes_without_overwriting(tiny_prior, tmp_path):
     out = tmp_path / "samples"
     files = [out / f"sample-{i:06d}.png" for i in range(6)]
-    expect_ok(sample_cli(tiny_run, "--nb-samples", 6, "--batch-size", 2, "--out-dir", out,
+    expect_ok(sample_cli(tiny_prior, "--nb-samples", 6, "--batch-size", 2, "--out-dir", out,
                          "--save-latents", tmp_path / "latents.npy"))
     latents = np.load(tmp_path / "latents.npy")
     assert latents.shape == (6, 4, 4) and latents.dtype == np.uint16 and latents.max() < 5
@@ -236,7 +211,7 @@ def test_bulk_sampling_saves_the_rendered_latents_and_resumes_without_overwritin
         os.utime(p, ns=(1_000_000_000, 1_000_000_000))
     for i in (2, 3, 5):
         files[i].unlink()
-    proc = expect_ok(sample_cli(tiny_run, "--nb-samples", 6, "--batch-size", 2, "--out-dir", out,
+    proc = expect_ok(sample_cli(tiny_prior, "--nb-samples", 6, "--batch-size", 2, "--out-dir", out,
                                 "--save-latents", tmp_path / "again.npy"))
     assert all(p.read_bytes() == first_bytes[p] for p in files)  # re-created identically
     assert [files[i].stat().st_mtime_ns == 1_000_000_000 for i in range(6)] == \
@@ -244,34 +219,34 @@ def test_bulk_sampling_saves_the_rendered_latents_and_resumes_without_overwritin
     np.testing.assert_array_equal(np.load(tmp_path / "again.npy"), latents)
     assert '"written_now": 3' in (out / "summary.json").read_text(), proc.stdout
 
-    proc = expect_ok(sample_cli(tiny_run, "--nb-samples", 6, "--batch-size", 2, "--out-dir", out))
+    proc = expect_ok(sample_cli(tiny_prior, "--nb-samples", 6, "--batch-size", 2, "--out-dir", out))
     assert "nothing to do" in proc.stdout
 
 
-def test_sample_missing_checkpoint_exits_2(tiny_run, tmp_path):
-    proc = run_script("sample.py", "--cfg-path", tiny_run.cfg, "--resume", tmp_path / "missing.ckpt",
+def test_sample_missing_checkpoint_exits_2(tiny_prior, tmp_path):
+    proc = run_script("sample.py", "--cfg-path", tiny_prior.cfg, "--resume", tmp_path / "missing.ckpt",
                       "--out-dir", tmp_path / "out", env=ONE_THREAD_ENV)
     assert_user_error(proc, "missing.ckpt", "not found")
 
 
-def test_sample_checkpoint_of_another_config_exits_2(tiny_run, tmp_path):
+def test_sample_checkpoint_of_another_config_exits_2(tiny_prior, tmp_path):
     other = tmp_path / "wider.toml"
-    other.write_text(tiny_run.cfg.read_text().replace("dim = 32", "dim = 48"))
-    proc = run_main("sample.py", "--cfg-path", other, "--resume", tiny_run.last, "--out-dir", tmp_path / "out")
+    other.write_text(tiny_prior.cfg.read_text().replace("dim = 32", "dim = 48"))
+    proc = run_main("sample.py", "--cfg-path", other, "--resume", tiny_prior.last, "--out-dir", tmp_path / "out")
     assert_user_error(proc, "last.ckpt", "net.dim = 32", "wider.toml has 48")
 
 
-def test_sample_class_index_out_of_range_exits_2(tiny_run, tmp_path):
-    proc = sample_cli(tiny_run, "--class-idx", 2, "--out-dir", tmp_path / "out")
+def test_sample_class_index_out_of_range_exits_2(tiny_prior, tmp_path):
+    proc = sample_cli(tiny_prior, "--class-idx", 2, "--out-dir", tmp_path / "out")
     assert_user_error(proc, "--class-idx 2", "0..1")
     assert not (tmp_path / "out").exists()
 
 
-def test_sample_output_dir_that_cannot_be_made_exits_2(tiny_run, tmp_path):
+def test_sample_output_dir_that_cannot_be_made_exits_2(tiny_prior, tmp_path):
     (tmp_path / "a-file").write_text("")
-    proc = sample_cli(tiny_run, "--out-dir", tmp_path / "a-file" / "samples")
+    proc = sample_cli(tiny_prior, "--out-dir", tmp_path / "a-file" / "samples")
     assert_user_error(proc, "a-file/samples", "not writable")
 
 
-def test_sample_bad_count_exits_2(tiny_run, tmp_path):
-    assert_user_error(sample_cli(tiny_run, "--nb-samples", 0, "--out-dir", tmp_path), "--nb-samples must be >= 1")
+def test_sample_bad_count_exits_2(tiny_prior, tmp_path):
+    assert_user_error(sample_cli(tiny_prior, "--nb-samples", 0, "--out-dir", tmp_path), "--nb-samples must be >= 1")
