@@ -12,6 +12,7 @@ import json
 import math
 
 from infra.cli import ArgumentParser, run_cli
+from infra.files import writable_dir, writable_file
 from sundae.bulk import bulk_sample, save_sample_grid
 from sundae.errors import SundaeError
 from sundae.pretrained import add_prior_args, prior_from_args, sampling_config
@@ -37,6 +38,11 @@ def main(argv=None):
                                  ("--nb-samples", args.nb_samples, 1)):
         if value is not None and value < minimum:
             raise SundaeError(f"{flag} must be >= {minimum}, got {value}")
+    # every output checked before any work, and nothing made for a run that cannot finish
+    writable_dir(args.out_dir, "--out-dir", create=False)
+    for path, what in ((args.grid, "--grid file"), (args.save_latents, "--save-latents file")):
+        if path:
+            writable_file(path, what, create=False)
     prior = prior_from_args(args)
     sampling = sampling_config(prior.cfg.sampling, args)
     nb_samples = args.nb_samples or prior.cfg.sampling.nb_samples

@@ -22,7 +22,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from infra.cli import ArgumentParser, run_cli
 from infra.config import build
 from infra.devices import resolve_devices
-from infra.runs import prepare_run_dir
+from infra.runs import claim_run_dir
 from infra.trainer import add_run_args, build_trainer
 from vqgan.checkpoint import load_state_dict
 from vqgan.errors import VQGANError
@@ -98,23 +98,24 @@ def main(argv=None):
         check_state_dict(module, load_state_dict(args.resume),
                          f"checkpoint {args.resume} does not fit config {args.cfg_path}")
 
-    if rank_zero_only.rank == 0:
-        prepare_run_dir(run_dir, args.cfg_path, "config.yaml", ["reconstructions"], args.resume,
-                        args.overwrite, args.no_save, rename_hint="choose another --run-dir")
-        print(f"{len(train_files)} training and {len(eval_files)} held-out images at "
-              f"{resolution}x{resolution}; learning rate {learning_rate(cfg, world):.3g} "
-              f"({world} process(es)); codebook statistics every {module.codebook_window} steps")
-    trainer = build_trainer(args, devices, run_dir, precision=training.precision, max_steps=training.max_steps,
-                            eval_every=training.eval_every, checkpoint_every=training.checkpoint_every,
-                            log_every=training.log_every, logged_config=cfg.raw,
-                            # the discriminator sits out the generator's backward pass and vice versa
-                            find_unused_parameters=True)
-    with warnings.catch_warnings():
-        # Lightning 2.6 warns that manual optimization checkpoints the weights after the step:
-        # the state we want (a checkpoint at step N holds N updates, as automatic optimization's).
-        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
-        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # LPIPS
-        trainer.fit(module, datamodule=data, ckpt_path=args.resume)
+    with claim_run_dir(run_dir, args.cfg_path, "config.yaml", ["reconstructions"], args.resume, args.overwrite,
+                       args.no_save, rename_hint="choose another --run-dir", rank=rank_zero_only.rank):
+        if rank_zero_only.rank == 0:
+            print(f"{len(train_files)} training and {len(eval_files)} held-out images at "
+                  f"{resolution}x{resolution}; learning rate {learning_rate(cfg, world):.3g} "
+                  f"({world} process(es)); codebook statistics every {module.codebook_window} steps")
+        trainer = build_trainer(args, devices, run_dir, precision=training.precision,
+                                max_steps=training.max_steps, eval_every=training.eval_every,
+                                checkpoint_every=training.checkpoint_every, log_every=training.log_every,
+                                logged_config=cfg.raw,
+                                # the discriminator sits out the generator's backward pass and vice versa
+                                find_unused_parameters=True)
+        with warnings.catch_warnings():
+            # Lightning 2.6 warns that manual optimization checkpoints the weights after the step:
+            # the state we want (a checkpoint at step N holds N updates, as automatic optimization's).
+            warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # LPIPS
+            trainer.fit(module, datamodule=data, ckpt_path=args.resume)
     if trainer.is_global_zero:
         print(f"run directory: {run_dir}")
         if not args.no_save:

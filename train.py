@@ -13,7 +13,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from infra.cli import ArgumentParser, run_cli
 from infra.devices import resolve_devices
 from infra.errors import UserError
-from infra.runs import prepare_run_dir
+from infra.runs import claim_run_dir
 from infra.trainer import add_run_args, build_trainer
 from sundae.checkpoint import check_fits, read_checkpoint
 from sundae.config import load_config, replace_section, run_dir
@@ -47,17 +47,17 @@ def main(argv=None):
     except UserError as e:
         raise UserError(f"{args.cfg_path}: [net] does not fit latent shape {cfg.data.latent_shape}: {e}") from None
 
-    if rank_zero_only.rank == 0:
-        prepare_run_dir(run_dir(cfg), args.cfg_path, "config.toml", ["samples"], args.resume,
-                        args.overwrite, args.no_save, rename_hint="change trainer.exp_name")
     tr = cfg.trainer
-    trainer = build_trainer(args, devices, run_dir(cfg), precision=tr.precision, max_steps=tr.max_steps,
-                            eval_every=tr.eval_frequency, eval_batches=tr.eval_batches,
-                            checkpoint_every=tr.checkpoint_frequency, log_every=tr.log_frequency,
-                            grad_clip=tr.grad_clip, logged_config=dataclasses.asdict(cfg), run_name=tr.exp_name)
     data = LatentDataModule(train, evaluation, tr.batch_size, tr.max_steps, seed=args.seed,
                             num_workers=args.nb_workers)
-    trainer.fit(module, datamodule=data, ckpt_path=args.resume)
+    with claim_run_dir(run_dir(cfg), args.cfg_path, "config.toml", ["samples"], args.resume, args.overwrite,
+                       args.no_save, rename_hint="change trainer.exp_name", rank=rank_zero_only.rank):
+        trainer = build_trainer(args, devices, run_dir(cfg), precision=tr.precision, max_steps=tr.max_steps,
+                                eval_every=tr.eval_frequency, eval_batches=tr.eval_batches,
+                                checkpoint_every=tr.checkpoint_frequency, log_every=tr.log_frequency,
+                                grad_clip=tr.grad_clip, logged_config=dataclasses.asdict(cfg),
+                                run_name=tr.exp_name)
+        trainer.fit(module, datamodule=data, ckpt_path=args.resume)
     if trainer.is_global_zero:
         print(f"run directory: {run_dir(cfg)}")
 

@@ -1,5 +1,6 @@
 """Devices: the --device of the sampling scripts and the processes of a training run."""
 import dataclasses
+import os
 
 import torch
 
@@ -55,3 +56,18 @@ def resolve_devices(accelerator="auto", devices="auto", num_nodes=1):
     if num_nodes < 1:
         raise UserError(f"--num-nodes {num_nodes}: expected a number >= 1")
     return Devices(accelerator, count, num_nodes)
+
+
+def memory_bytes():
+    """This machine's physical memory, in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits_in_memory(num_parameters, what):
+    """UserError when `num_parameters` float32 weights alone exceed this machine's memory (a
+    clear message instead of an allocator traceback)."""
+    need, have = 4 * num_parameters, memory_bytes()
+    if need > have:
+        raise UserError(f"{what} is too large: {num_parameters:,} parameters need {need / 2**30:,.1f} GiB "
+                        f"in float32, more than this machine's {have / 2**30:,.1f} GiB")
+

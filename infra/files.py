@@ -1,9 +1,18 @@
-"""Atomic writes: an output either appears complete under its final name or not at all."""
+"""Outputs: an output either appears complete under its final name or not at all, and an output
+that cannot be written is a one-line error before any work is spent on it.
+
+Temporary files are named `.<name>.tmp-<pid>-<random>` beside their target, so a write killed
+with -9 leaves at most one, which the next write of the same target (or `remove_stale_temps`)
+removes once its process is gone.
+"""
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
+
+from infra.errors import UserError
 
 
 @contextlib.contextmanager
@@ -11,29 +20,93 @@ def atomic_path(path, is_dir=False):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
     For a file, an existing `path` is replaced atomically (os.replace). For a directory, an
-    existing `path` is removed just before the rename.
+    existing `path` is removed just before the rename. A write that fails for lack of space or
+    permission is a UserError naming `path`; the previous `path` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{path.name}.tmp-"
-    if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
-        os.close(fd)
-        tmp = Path(name)
+    writable_dir(path.parent, "output directory")
+    remove_stale_temps(path.parent, path.name)
+    prefix = f".{path.name}.tmp-{os.getpid()}-"
+    try:
+        if is_dir:
+            tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
+            os.close(fd)
+            tmp = Path(name)
+    except OSError as e:
+        raise UserError(f"{path}: cannot be written ({e.strerror})") from None
     # mkdtemp/mkstemp create private (0700/0600) entries; give the result the usual umask mode.
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, (0o777 if is_dir else 0o666) & ~umask)
     try:
         yield tmp
-        if is_dir:
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        else:
-            os.replace(tmp, path)
+        if is_dir and path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except OSError as e:  # disk full, quota, permissions: the old file stays
+        raise UserError(f"{path}: could not be written ({e.strerror or e}); any earlier version "
+                        "is left as it was") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+
+def remove_stale_temps(directory, name="*"):
+    """Remove the temporary files of writes (of target `name`, or all) whose process is gone."""
+    for tmp in Path(directory).glob(f".{name}.tmp-*"):
+        pid = tmp.name.rpartition(".tmp-")[2].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def writable_dir(path, what="output directory", create=True):
+    """Check that directory `path` can hold new files, creating it (with its parents) unless
+    `create` is off, in which case nothing is made: the nearest existing ancestor must be a
+    writable directory. UserError naming the path and why otherwise."""
+    path = Path(path)
+    if not create:
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{path}: {what} is a file, expected a directory")
+        ancestor = next(p for p in (path, *path.parents) if p.exists())
+        if not ancestor.is_dir():
+            raise UserError(f"{path}: {what} cannot be made, a parent is a file")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise UserError(f"{path}: {what} is not writable ({ancestor} is read-only)")
+        return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except FileExistsError:
+        raise UserError(f"{path}: {what} is a file, expected a directory") from None
+    except NotADirectoryError:
+        raise UserError(f"{path}: {what} cannot be made, a parent is a file") from None
+    except OSError as e:
+        raise UserError(f"{path}: {what} is not writable ({e.strerror or e})") from None
+    return path
+
+
+def writable_file(path, what="output file", create=True):
+    """Check, before any work, that file `path` can be written: its directory is (or can be
+    made) writable and `path` itself is not a directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: {what} is a directory, expected a file name")
+    writable_dir(path.parent, f"directory of the {what}", create)
+    return path
+
+
+def host_and_pid():
+    return f"pid {os.getpid()} on {socket.gethostname()}"

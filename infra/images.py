@@ -1,4 +1,6 @@
 """Image files in and out: folders of images as tensors in [-1, 1], PNG writing, PSNR."""
+import contextlib
+import warnings
 from pathlib import Path
 
 import torch
@@ -58,13 +60,27 @@ def image_transform(size):
     return transform
 
 
+# What PIL raises for a file that is not a readable image, a decompression bomb included (a
+# header claiming more than PIL's MAX_IMAGE_PIXELS, refused before any pixel is decoded).
+UNREADABLE = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError,
+              Image.DecompressionBombWarning)
+
+
+@contextlib.contextmanager
+def refusing_bombs():
+    """PIL only warns between MAX_IMAGE_PIXELS and twice that; treat those as unreadable too."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
 def open_rgb(path):
     """Open any image as RGB (grayscale, palette and RGBA are converted); UserError if unreadable."""
     try:
-        with Image.open(path) as im:
+        with refusing_bombs(), Image.open(path) as im:
             im.load()
             return im.convert("RGB")
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+    except UNREADABLE as e:
         raise UserError(f"{path}: unreadable image ({e})") from None
 
 

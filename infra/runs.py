@@ -1,5 +1,7 @@
 """Run directories and checkpoints, the same for both trainers: one owner per run directory,
 atomic checkpoint writes, `last.ckpt` always the newest state, the RNG state carried along."""
+import contextlib
+import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -9,29 +11,68 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from infra.errors import UserError
-from infra.files import atomic_path
+from infra.files import atomic_path, host_and_pid, remove_stale_temps, writable_dir
 
 
-def prepare_run_dir(run_dir, cfg_path, config_name, outputs, resume=None, overwrite=False,
-                    no_save=False, rename_hint="choose another run directory"):
-    """Create the run directory of a training run with a copy of its config (call on rank 0).
+@contextlib.contextmanager
+def claim_run_dir(run_dir, cfg_path, config_name, outputs, resume=None, overwrite=False, no_save=False,
+                  rename_hint="choose another run directory", rank=0):
+    """Own a training run's directory for the duration of the block (call on every process; only
+    rank 0 claims): lock it against a second writer, apply the refuse / overwrite / resume rules,
+    remove temporary files that killed writes left, and copy the config in."""
+    if rank != 0:
+        yield
+        return
+    run_dir = writable_dir(run_dir, "run directory")
+    with RunDirLock(run_dir):
+        checkpoints = run_dir / "checkpoints"
+        if any(checkpoints.glob("*.ckpt")) and not (resume or overwrite or no_save):
+            raise UserError(f"{checkpoints}: holds checkpoints of an earlier run; pass --resume "
+                            f"{checkpoints / 'last.ckpt'} to continue it, --overwrite to start over, "
+                            f"or {rename_hint}")
+        if overwrite and not resume:
+            # left in place, Lightning would write last-v1.ckpt beside the old last.ckpt
+            for old in (checkpoints, *(run_dir / name for name in outputs)):
+                shutil.rmtree(old, ignore_errors=True)
+        if checkpoints.is_dir():
+            remove_stale_temps(checkpoints)
+        if Path(cfg_path).resolve() != (run_dir / config_name).resolve():
+            shutil.copyfile(cfg_path, run_dir / config_name)
+        yield
 
-    A directory already holding checkpoints is refused unless the run resumes it, `overwrite`
-    starts over (its checkpoints and the `outputs` sub-directories are removed: left in place,
-    Lightning would write last-v1.ckpt beside the old last.ckpt) or nothing is saved.
-    """
-    run_dir = Path(run_dir)
-    checkpoints = run_dir / "checkpoints"
-    if any(checkpoints.glob("*.ckpt")) and not (resume or overwrite or no_save):
-        raise UserError(f"{checkpoints}: holds checkpoints of an earlier run; pass --resume "
-                        f"{checkpoints / 'last.ckpt'} to continue it, --overwrite to start over, "
-                        f"or {rename_hint}")
-    if overwrite and not resume:
-        for old in (checkpoints, *(run_dir / name for name in outputs)):
-            shutil.rmtree(old, ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if Path(cfg_path).resolve() != (run_dir / config_name).resolve():
-        shutil.copyfile(cfg_path, run_dir / config_name)
+
+class RunDirLock:
+    """One writer per run directory: an exclusive flock on `run_dir/.lock`, which holds the
+    owner's host and pid for the message a second writer gets. The kernel drops the lock when
+    its process dies, so a lock left by a killed run is stale and simply taken over."""
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / ".lock"
+        self.fd = None
+
+    def __enter__(self):
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(f"{self.path.parent}: in use by another run ({owner}); wait for it to "
+                            "finish or give this run another directory") from None
+        previous = os.read(fd, 200).decode(errors="replace").strip()
+        if previous:
+            print(f"note: {self.path} was left by a run that stopped without releasing it "
+                  f"({previous}); taking it over")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{host_and_pid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        os.ftruncate(self.fd, 0)
+        self.path.unlink(missing_ok=True)
+        os.close(self.fd)  # closing releases the flock
+        self.fd = None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -40,9 +81,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            except RuntimeError as e:  # torch's zip writer reports a full disk this way
+                raise OSError(str(e).splitlines()[0]) from None
 
 
 class LastCheckpoint(pl.Callback):
@@ -73,3 +117,22 @@ def restore_rng_state(states):
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def stop_if_not_finite(loss, step, check_now=True):
+    """UserError naming the step when the training loss is NaN or infinite, raised before the
+    step's update and before any checkpoint of it, so the last good checkpoint stays the newest.
+    `check_now` lets GPU runs check only every few steps (each check waits for the GPU)."""
+    if check_now and not bool(torch.isfinite(loss.detach()).all()):
+        raise UserError(f"step {step}: the training loss is {loss.detach().float().item()}, not finite; "
+                        "stopped before this update, no checkpoint of it was written (lower the "
+                        "learning rate, or check the data)")
+
+
+def check_parameters_finite(module, step):
+    """Refuse to checkpoint non-finite weights (one host sync per checkpoint)."""
+    bad = next((name for name, p in module.named_parameters() if not bool(torch.isfinite(p).all())), None)
+    if bad is not None:
+        raise UserError(f"step {step}: parameter {bad} is not finite; training diverged and this "
+                        "checkpoint was not written (the last good one is kept)")
+

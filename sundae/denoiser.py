@@ -1,5 +1,8 @@
 """Build the denoiser a config's [net] section describes."""
+import torch
+
 from hourglass_transformer import HourglassError, HourglassTransformerLM
+from infra.devices import check_fits_in_memory
 from sundae.errors import SundaeError
 
 
@@ -12,6 +15,13 @@ def build_denoiser(cfg):
         raise SundaeError(f"net.depth: an hourglass net takes [pre, valley, post], got {net.depth!r}")
     if net.type != "hourglass" and not flat:
         raise SundaeError(f"net.depth: a {net.type} net takes an int depth, got {net.depth!r}")
+    with torch.device("meta"):  # count first: shapes only, no memory
+        check_fits_in_memory(sum(p.numel() for p in _backbone(cfg).parameters()), f"{cfg.path or 'config'}: [net]")
+    return _backbone(cfg)
+
+
+def _backbone(cfg):
+    net = cfg.net
     try:
         return HourglassTransformerLM(
             num_tokens=cfg.data.vocab_size,

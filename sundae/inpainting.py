@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from infra.images import image_transform, list_images, open_rgb
+from infra.images import UNREADABLE, image_transform, list_images, open_rgb, refusing_bombs
 from sundae.discrete_datasets import quantise
 from sundae.errors import SundaeError
 from sundae.latents import LatentDataset, read_meta
@@ -21,9 +21,9 @@ from sundae.sampler import sample
 def read_mask_image(path, size):
     """A mask PNG as an (H, W) bool tensor, True where pixels are to be regenerated."""
     try:
-        with Image.open(path) as im:
+        with refusing_bombs(), Image.open(path) as im:
             gray = np.asarray(im.convert("L"))
-    except (OSError, ValueError) as e:
+    except UNREADABLE as e:
         raise SundaeError(f"{path}: unreadable mask image ({e})") from None
     if gray.shape != tuple(size):
         raise SundaeError(f"{path}: mask is {gray.shape[0]}x{gray.shape[1]} (HxW), expected "

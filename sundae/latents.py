@@ -103,6 +103,8 @@ def create_latent_dataset(out_dir, codebook_size, latent_shape, class_names=None
     writers = {}
     with atomic_path(out_dir, is_dir=True) as tmp:
         def add_split(name, count):
+            if count < 1:
+                raise SundaeError(f"{out_dir}: split '{name}' would have no rows")
             writers[name] = LatentWriter(tmp, name, count, latent_shape, codebook_size,
                                          with_labels=class_names is not None)
             return writers[name]
@@ -152,12 +154,27 @@ class LatentDataset(torch.utils.data.Dataset):
         self.codebook_size = self.meta["codebook_size"]
         self.latent_shape = tuple(self.meta["latent_shape"])
         self.class_names = self.meta["class_names"]
-        self.tokens = np.load(_tokens_path(root, split), mmap_mode="r")
-        if self.tokens.shape[1:] != self.latent_shape:
-            raise SundaeError(f"{_tokens_path(root, split)}: grid shape {self.tokens.shape[1:]} "
-                              f"disagrees with meta.json latent_shape {self.latent_shape}")
-        self.labels = (np.load(_labels_path(root, split), mmap_mode="r")
-                       if self.class_names is not None else None)
+        self.tokens = _load_array(_tokens_path(root, split))
+        count = self.meta["splits"][split].get("count")
+        if self.tokens.ndim != 3 or self.tokens.shape[1:] != self.latent_shape:
+            raise SundaeError(f"{_tokens_path(root, split)}: grids of shape {self.tokens.shape[1:]}, but "
+                              f"meta.json has latent_shape {list(self.latent_shape)}")
+        if len(self.tokens) == 0 or (count is not None and len(self.tokens) != count):
+            raise SundaeError(f"{_tokens_path(root, split)}: {len(self.tokens)} rows, but meta.json counts "
+                              f"{count}; the dataset is incomplete, write it again")
+        if not np.issubdtype(self.tokens.dtype, np.integer):
+            raise SundaeError(f"{_tokens_path(root, split)}: {self.tokens.dtype} values, expected integers")
+        high = max((int(chunk.max()) for chunk in _chunks(self.tokens)), default=0)
+        low = min((int(chunk.min()) for chunk in _chunks(self.tokens)), default=0)
+        if low < 0 or high >= self.codebook_size:
+            raise SundaeError(f"{_tokens_path(root, split)}: token values in [{low}, {high}], outside the "
+                              f"codebook [0, {self.codebook_size})")
+        self.labels = None
+        if self.class_names is not None:
+            self.labels = _load_array(_labels_path(root, split))
+            if self.labels.shape != (len(self.tokens),):
+                raise SundaeError(f"{_labels_path(root, split)}: {self.labels.shape[0] if self.labels.ndim else 0} "
+                                  f"labels for {len(self.tokens)} rows")
 
     @property
     def num_classes(self):
@@ -170,3 +187,19 @@ class LatentDataset(torch.utils.data.Dataset):
         tokens = torch.from_numpy(self.tokens[i].astype(np.int64))
         label = int(self.labels[i]) if self.labels is not None else -1
         return tokens, label
+
+
+def _load_array(path):
+    """A memory-mapped .npy; SundaeError naming the file when it is missing, truncated or not .npy."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        raise SundaeError(f"{path}: missing (the latent dataset is incomplete)") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise SundaeError(f"{path}: unreadable ({str(e).splitlines()[0]}); write the dataset again") from None
+
+
+def _chunks(array, rows=65536):
+    for start in range(0, len(array), rows):
+        yield array[start:start + rows]
+

@@ -10,7 +10,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from infra.data import StepBatchSampler, step_generator
 from infra.images import save_png
-from infra.runs import restore_rng_state, rng_state
+from infra.runs import check_parameters_finite, restore_rng_state, rng_state, stop_if_not_finite
 from sundae.data import collate
 from sundae.denoiser import build_denoiser
 from sundae.loss import unrolled_loss
@@ -63,6 +63,8 @@ class SundaeModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         g = step_generator(self.seed, self.global_step, self.global_rank, self.device)
         out = self._loss(self.model, batch, g)
+        stop_if_not_finite(out.loss, self.global_step + 1, check_now=self.device.type == "cpu"
+                           or self.global_step % self.cfg.trainer.log_frequency == 0)
         self.log("train/loss", out.loss, prog_bar=True)
         self.log("train/accuracy", out.accuracy, prog_bar=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"])
@@ -124,6 +126,7 @@ class SundaeModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint):
+        check_parameters_finite(self, self.global_step)
         checkpoint["rng_states"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint):

@@ -12,7 +12,7 @@ from einops import rearrange
 
 from infra.data import step_generator
 from infra.images import psnr, save_png
-from infra.runs import restore_rng_state, rng_state
+from infra.runs import check_parameters_finite, restore_rng_state, rng_state, stop_if_not_finite
 from vqgan.diffaug import DiffAugment
 from vqgan.losses import VQGANLoss
 from vqgan.model import VQGAN
@@ -112,6 +112,8 @@ class VQGANModule(pl.LightningModule):
         with self.toggled_optimizer(opt_g):  # no gradients into the discriminator here
             gen = self.loss.generator_terms(x, recon, codebook_loss, step,
                                             self.decoder.conv_out.weight, aug)
+            stop_if_not_finite(gen.total, step + 1, check_now=self.device.type == "cpu"
+                               or step % self.cfg.training.log_every == 0)
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(gen.total)
             opt_g.step()
@@ -212,6 +214,7 @@ class VQGANModule(pl.LightningModule):
     # --- checkpoints --------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint):
+        check_parameters_finite(self, self.global_step)
         checkpoint["codebook_counts"] = self.code_counts.cpu()
         checkpoint["rng_states"] = rng_state()
 

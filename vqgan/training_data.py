@@ -1,10 +1,10 @@
 """Image folders for VQ-GAN training: checked up front, split, batched in a resumable order."""
 import pytorch_lightning as pl
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from infra.data import StepBatchSampler, split_groups
-from infra.images import ImageFiles, collate_skipping_unreadable, list_images
+from infra.images import UNREADABLE, ImageFiles, collate_skipping_unreadable, list_images, refusing_bombs
 from vqgan.errors import VQGANError
 
 
@@ -17,9 +17,9 @@ def scan_images(root, resolution):
     files, unreadable, small = [], [], []
     for path in list_images(root):
         try:
-            with Image.open(path) as image:
+            with refusing_bombs(), Image.open(path) as image:
                 width, height = image.size
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        except UNREADABLE:
             unreadable.append(path)
             continue
         files.append(path)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from infra.images import image_transform, open_rgb, psnr
 from sundae.latents import LatentDataset
-from tests.helpers import assert_user_error, run_script, vqgan_fixture
+from tests.helpers import assert_user_error, run_main, run_script, vqgan_fixture, write_bomb
 from vqgan import load_vqgan
 
 
@@ -158,6 +158,23 @@ def test_recon_vqgan_reports_psnr_and_usage(tmp_path, image_folder, taming_f4):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_decompression_bombs_are_skipped_like_other_unreadable_images(tmp_path, image_folder, taming_f4):
+    cfg, ckpt = taming_f4
+    folder = image_folder / "class_a"
+    write_bomb(folder / "bomb.png")
+    proc = run_main("recon-vqgan.py", folder, "--cfg-path", cfg, "--ckpt-path", ckpt,
+                    "--out-dir", tmp_path / "recon", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: skipped unreadable image" in proc.stdout and "bomb.png" in proc.stdout
+    assert len(list((tmp_path / "recon").glob("*.png"))) == 3
+    proc = run_main("generate-latents.py", "--cfg-path", cfg, "--ckpt-path", ckpt, "--dataset-in", folder,
+                    "--latents-out", tmp_path / "latents", "--nb-workers", "0", "--device", "cpu", "--no-aug")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 unreadable image(s) skipped" in proc.stdout and "bomb.png" in proc.stdout
+    assert len(LatentDataset(tmp_path / "latents", "train")) == 3
+
+
 def test_recon_vqgan_bad_checkpoint(tmp_path, image_folder, taming_f4):
     cfg, _ = taming_f4
     other = vqgan_fixture("taming-legacy") / "model.ckpt"  # another model's weights

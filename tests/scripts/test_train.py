@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from infra.images import to_unit
+from infra.errors import UserError
 from infra.runs import AtomicCheckpointIO
 from sundae.checkpoint import load_denoiser
 from sundae.config import load_config
@@ -140,7 +141,9 @@ def test_resume_continues_identically(tiny_prior, tmp_path):
                                                              "step-0000020.ckpt"]
 
 
-def test_interrupted_checkpoint_write_leaves_the_previous_one_intact(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"),
+                                     RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos")])
+def test_interrupted_checkpoint_write_leaves_the_previous_one_intact(tmp_path, monkeypatch, failure):
     path = tmp_path / "last.ckpt"
     io = AtomicCheckpointIO()
     io.save_checkpoint({"global_step": 1, "w": torch.arange(4.0)}, path)
@@ -149,10 +152,10 @@ def test_interrupted_checkpoint_write_leaves_the_previous_one_intact(tmp_path, m
     def save_then_fail(obj, f, *args, **kwargs):
         f.write(b"the first bytes of a checkpoint")
         f.flush()
-        raise OSError(28, "No space left on device")
+        raise failure  # a full disk, as the OS or as torch's zip writer reports it
 
     monkeypatch.setattr(torch, "save", save_then_fail)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(UserError, match=r"last.ckpt: could not be written \(.*\); any earlier version is left"):
         io.save_checkpoint({"global_step": 2, "w": torch.zeros(4)}, path)
     monkeypatch.undo()
     assert path.read_bytes() == before
@@ -245,8 +248,22 @@ def test_sample_class_index_out_of_range_exits_2(tiny_prior, tmp_path):
 def test_sample_output_dir_that_cannot_be_made_exits_2(tiny_prior, tmp_path):
     (tmp_path / "a-file").write_text("")
     proc = sample_cli(tiny_prior, "--out-dir", tmp_path / "a-file" / "samples")
-    assert_user_error(proc, "a-file/samples", "not writable")
+    assert_user_error(proc, "a-file/samples: --out-dir cannot be made, a parent is a file")
 
 
 def test_sample_bad_count_exits_2(tiny_prior, tmp_path):
     assert_user_error(sample_cli(tiny_prior, "--nb-samples", 0, "--out-dir", tmp_path), "--nb-samples must be >= 1")
+
+
+def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    text = renamed(TINY_CONFIG, "diverge").replace("learning_rate = 3e-3", "learning_rate = 1e30") \
+        .replace("checkpoint_frequency = 10", "checkpoint_frequency = 1").replace("ema_decay = 0.9", "ema_decay = 0.0")
+    cfg = write_tiny_config(tmp_path, text)
+    proc = run_main("train.py", "--cfg-path", cfg)
+    assert_user_error(proc, "the training loss is", "not finite", "no checkpoint of it was written")
+    step = int(proc.stderr.split("error: step ")[1].split(":")[0])
+    checkpoints = tmp_path / "runs" / "diverge" / "checkpoints"
+    last = load(checkpoints / "last.ckpt")
+    assert 1 <= last["global_step"] < step
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point())
+    assert sorted(p.name for p in checkpoints.glob("step-*")) == [f"step-{s:07d}.ckpt" for s in range(1, step)]
