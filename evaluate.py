@@ -1,0 +1,165 @@
+r"""Evaluate samples against real data.
+
+Images: FID, KID, IS (torch-fidelity) and precision/recall/density/coverage (prdc, k=5) on the
+same Inception features. SAMPLES and REFERENCE are each a folder of images, an .npz in the ADM
+layout (arr_0: uint8 N x H x W x 3), or a statistics file written by --save-stats. The Inception
+weights are never downloaded: --inception-weights FILE or INCEPTION_WEIGHTS=FILE (where to get
+the file: evaluation/images.py, or the error message without one).
+
+    python evaluate.py samples/ffhq data/ffhq256 --json ffhq.json
+    python evaluate.py data/ffhq256 --save-stats ffhq-stats.npz        # a reference, once
+    python evaluate.py samples/ffhq ffhq-stats.npz                      # ... compared with
+    python evaluate.py samples/ffhq data/ffhq256 --reference-stats ffhq-stats.npz
+                       # the same as a cache: reused while data/ffhq256 and the weights are unchanged
+    python evaluate.py samples/ffhq --metrics isc                       # IS needs no reference
+
+Token grids of a dataset without a VQ-GAN (digits, MNIST): features of a small classifier
+trained on the dataset's train split (cached in DIR/evaluation-classifier.pt), beside two
+reference rows, the held-out eval split and per-position marginals (see evaluation/tokens.py):
+
+    python evaluate.py samples.npy --dataset data/digits [--labels labels.npy] [--json out.json]
+"""
+from pathlib import Path
+
+import numpy as np
+
+from evaluation import images, tokens
+from evaluation.report import format_table, write_json
+from infra.cli import ArgumentParser, run_cli
+from infra.devices import default_device, resolve_device
+from infra.errors import UserError
+from sundae.latents import LatentDataset
+
+
+def parse_args(argv):
+    p = ArgumentParser(__doc__)
+    p.add_argument("samples", help="images (folder, ADM .npz, statistics file) or token grids (.npy)")
+    p.add_argument("reference", nargs="?", default=None, help="images (folder, ADM .npz, statistics file)")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the results as JSON")
+    p.add_argument("--seed", type=int, default=0, help="seed of subsets and reference draws")
+    images_ = p.add_argument_group("images")
+    images_.add_argument("--metrics", nargs="+", choices=images.METRICS, default=list(images.METRICS))
+    images_.add_argument("--inception-weights", default=None, metavar="FILE",
+                         help=f"local {images.INCEPTION_FILENAME} (default: ${images.WEIGHTS_ENV}, then the "
+                              "torch hub cache)")
+    images_.add_argument("--batch-size", type=int, default=64)
+    images_.add_argument("--device", default=None, help="default: cuda when available")
+    images_.add_argument("--kid-subset-size", type=int, default=1000, help="clamped to the smaller set")
+    images_.add_argument("--kid-subsets", type=int, default=100)
+    images_.add_argument("--save-stats", default=None, metavar="FILE",
+                         help="write SAMPLES' statistics file (features, mean, covariance) and stop")
+    images_.add_argument("--reference-stats", default=None, metavar="FILE",
+                         help="cache of REFERENCE's statistics: reused while REFERENCE and the weights "
+                              "are unchanged (content hashes), else recomputed and rewritten")
+    token = p.add_argument_group("token grids")
+    token.add_argument("--dataset", default=None, metavar="DIR", help="latent dataset the grids belong to")
+    token.add_argument("--labels", default=None, metavar="LABELS.npy", help="(N,) requested class per grid")
+    token.add_argument("--classifier-cache", default=None, metavar="FILE",
+                       help=f"default: DIR/{tokens.CACHE_NAME}")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.dataset is not None:
+        return evaluate_tokens(args)
+    for flag in ("labels", "classifier_cache"):
+        if getattr(args, flag) is not None:
+            raise UserError(f"--{flag.replace('_', '-')}: only with --dataset (token grids)")
+    return evaluate_images(args)
+
+
+def evaluate_images(args):
+    for flag, value, minimum in (("--kid-subset-size", args.kid_subset_size, 2),
+                                 ("--kid-subsets", args.kid_subsets, 1)):
+        if value < minimum:
+            raise UserError(f"{flag} must be >= {minimum}, got {value}")
+    inception = images.Inception(args.inception_weights, resolve_device(args.device or default_device()),
+                                 args.batch_size)
+    if args.save_stats is not None:
+        if args.reference is not None:
+            raise UserError("--save-stats writes the statistics of one image set: evaluate.py SET --save-stats FILE")
+        features = images.save_features_of(args.samples, inception, args.save_stats)
+        print(f"wrote {args.save_stats}: statistics of {len(features)} images of {args.samples}")
+        return 0
+    if args.reference_stats is not None and args.reference is None:
+        raise UserError("--reference-stats caches REFERENCE's statistics; give a REFERENCE")
+    wanted = [m for m in images.METRICS if m in args.metrics]
+    if args.reference is None and wanted != ["isc"]:
+        raise UserError(f"{', '.join(m for m in wanted if m != 'isc')}: compare with a REFERENCE; give one, "
+                        "or ask only --metrics isc")
+    samples = images.load_features(args.samples, inception)
+    reference = (images.load_features(args.reference, inception, cache=args.reference_stats)
+                 if args.reference is not None else None)
+    results, notes = images.image_metrics(samples, reference, wanted, args.kid_subset_size, args.kid_subsets,
+                                          args.seed)
+
+    print(f"samples:   {args.samples} ({results['n_samples']} images)")
+    if reference is not None:
+        print(f"reference: {args.reference} ({results['n_reference']} images)")
+    rows = {"fid": {"fid": {"value": results["fid"]}},
+            "kid": {"kid": {"value": results["kid_mean"], "std": results["kid_std"]}},
+            "isc": {"isc": {"value": results["isc_mean"], "std": results["isc_std"]}},
+            "prdc": {k: {"value": results[k]} for k in ("precision", "recall", "density", "coverage")}}
+    print(format_table({name: row for m in wanted for name, row in rows[m].items()}, ("value", "std"), digits=4,
+                       first="metric"))
+    for note in notes:
+        print(f"note: {note}")
+    if args.json is not None:
+        write_json(args.json, {**results, "samples": str(args.samples), "reference": args.reference,
+                               "inception_weights_sha256": samples.weights_sha256, "notes": notes})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _load_npy(path, what):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file ({what})")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise UserError(f"{path}: not a readable .npy array ({e}); expected {what}") from None
+
+
+def evaluate_tokens(args):
+    if args.reference is not None:
+        raise UserError(f"{args.reference}: --dataset compares token grids with the dataset; give no REFERENCE")
+    image_flags = {"--save-stats": args.save_stats is not None, "--reference-stats": args.reference_stats is not None,
+                   "--inception-weights": args.inception_weights is not None,
+                   "--metrics": args.metrics != list(images.METRICS)}
+    for flag, given in image_flags.items():
+        if given:
+            raise UserError(f"{flag}: is for images; token grids (--dataset) get fd, precision/recall/density/"
+                            "coverage, cond_accuracy and memorisation")
+    train = LatentDataset(args.dataset, "train")
+    held_out = LatentDataset(args.dataset, "eval") if "eval" in train.meta["splits"] else None
+    samples = _load_npy(args.samples, "(N, h, w) integer token grids, as sample.py --save-latents writes")
+    samples = tokens.check_token_grids(samples, train.latent_shape, train.codebook_size, args.samples)
+    labels = None
+    if args.labels is not None:
+        if train.num_classes is None:
+            raise UserError(f"{args.labels}: the dataset {args.dataset} has no classes")
+        labels = tokens.check_labels(_load_npy(args.labels, "(N,) integer class labels"), len(samples),
+                                     train.num_classes, args.labels)
+    cache = args.classifier_cache or Path(args.dataset) / tokens.CACHE_NAME
+    evaluator = tokens.TokenEvaluator(train.tokens, train.labels,
+                                      held_out.tokens if held_out is not None else None,
+                                      held_out.labels if held_out is not None else None,
+                                      train.codebook_size, train.num_classes, cache_path=cache)
+    rows = evaluator.evaluate(samples, labels, seed=args.seed)
+
+    print(f"token-space evaluation of {args.samples} ({len(samples)} grids"
+          f"{', with labels' if labels is not None else ''}) against {args.dataset}")
+    print(tokens.format_rows(rows))
+    if args.json is not None:
+        write_json(args.json, {**{k: v for k, v in rows["samples"].items() if k != "n"},
+                               "n_samples": len(samples), "samples": str(args.samples),
+                               "dataset": str(args.dataset), "rows": rows,
+                               "classifier": {"path": str(cache), "eval_accuracy": evaluator.eval_accuracy}})
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
