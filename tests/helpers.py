@@ -157,3 +157,15 @@ def load_checkpoint(path):
     import torch
 
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def write_bomb(path, side=20000):
+    """A PNG whose header claims side x side pixels (a decompression bomb for PIL's default
+    limit): only the IHDR size is changed, the CRC is left stale, no large data is written."""
+    from PIL import Image
+
+    Image.new("L", (4, 4)).save(path)
+    data = bytearray(Path(path).read_bytes())
+    data[16:24] = side.to_bytes(4, "big") * 2  # IHDR width and height
+    Path(path).write_bytes(bytes(data))
+    return path
