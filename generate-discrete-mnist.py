@@ -3,18 +3,17 @@
     python generate-discrete-mnist.py digits data/digits           # bundled with scikit-learn
     python generate-discrete-mnist.py mnist data/mnist --root ~/torchvision-data --levels 16
 """
-import argparse
 
 import numpy as np
 
-from infra.cli import run_cli
+from infra.cli import ArgumentParser, run_cli
 from infra.data import split_groups
 from sundae.discrete_datasets import TORCHVISION_SETS, digits_grids, torchvision_grids
 from sundae.latents import create_latent_dataset
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(__doc__)
     p.add_argument("name", nargs="?", default="digits", choices=["digits", *TORCHVISION_SETS])
     p.add_argument("out_dir")
     p.add_argument("--levels", type=int, default=256, help="gray levels of the 28x28 sets (vocabulary)")

@@ -3,23 +3,23 @@ r"""Encode an image folder with a VQ-GAN into a latent dataset (the format in su
     python generate-latents.py --cfg-path vqgan.yaml --ckpt-path vqgan.ckpt \
         --dataset-in images/ --latents-out data/latents [--use-class] [--eval-fraction 0.05]
 """
-import argparse
 from pathlib import Path
 
 import numpy as np
 
-from infra.cli import run_cli
+from infra.cli import ArgumentParser, run_cli
 from infra.data import split_groups
+from infra.files import sha256_of
 from infra.devices import default_device
 from infra.images import list_class_images, list_images
 from sundae.encode import encode_images, image_size
 from sundae.errors import SundaeError
-from sundae.latents import create_latent_dataset, sha256_of
+from sundae.latents import create_latent_dataset
 from vqgan import load_vqgan
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(__doc__)
     p.add_argument("--cfg-path", required=True, help="taming / latent-diffusion VQ-GAN config (YAML)")
     p.add_argument("--ckpt-path", required=True, help="VQ-GAN checkpoint (.ckpt, .pth, .safetensors)")
     p.add_argument("--dataset-in", required=True, help="image folder (ImageFolder layout with --use-class)")

@@ -3,12 +3,11 @@ PSNR and codebook usage.
 
     python recon-vqgan.py photos/ --cfg-path vqgan.yaml --ckpt-path vqgan.ckpt --out-dir recon
 """
-import argparse
 from pathlib import Path
 
 import torch
 
-from infra.cli import run_cli
+from infra.cli import ArgumentParser, run_cli
 from infra.devices import default_device
 from infra.images import image_transform, list_images, open_rgb, psnr, save_png
 from sundae.encode import encode_images, image_size
@@ -17,7 +16,7 @@ from vqgan import load_vqgan
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(__doc__)
     p.add_argument("images", help="an image file or a directory of images")
     p.add_argument("--cfg-path", required=True, help="taming / latent-diffusion VQ-GAN config (YAML)")
     p.add_argument("--ckpt-path", required=True, help="VQ-GAN checkpoint (.ckpt, .pth, .safetensors)")

@@ -1,17 +1,21 @@
-r"""Bulk sampling from a trained SUNDAE prior (for FID): one PNG per sample.
+r"""Bulk sampling from a trained prior (for FID): one PNG per sample, optionally the token grids
+and an ADM-layout .npz, resumable, on one process or many.
 
     python sample.py --cfg-path config/digits.toml --resume runs/digits/checkpoints/last.ckpt \
-        --nb-samples 64 --out-dir samples/digits
+        --nb-samples 1000 --out-dir samples/digits --npz samples/digits.npz
+    torchrun --nproc-per-node 8 sample.py --cfg-path CFG --resume CKPT --device cuda \
+        --vqgan-device cuda --nb-samples 50000 --out-dir fid-samples --npz fid-samples.npz
 
-Re-running the same command after an interruption completes the set without overwriting.
-On several GPUs, give each process its own range:
-    for i in 0 1 2 3; do CUDA_VISIBLE_DEVICES=$i python sample.py ... --nb-samples 12500 \
-        --count-offset $((i * 12500)) & done
+Re-running the same command after an interruption (with any number of processes) completes the
+set without overwriting. Each process takes every W-th batch of the one global set, so the
+samples do not depend on the number of processes.
 """
 import json
 import math
 
 from infra.cli import ArgumentParser, run_cli
+from infra.devices import default_device
+from infra.distributed import from_environment, process_group
 from infra.files import writable_dir, writable_file
 from sundae.bulk import bulk_sample, save_sample_grid
 from sundae.errors import SundaeError
@@ -21,10 +25,12 @@ from sundae.pretrained import add_prior_args, prior_from_args, sampling_config
 def parse_args(argv):
     p = ArgumentParser(__doc__)
     p.add_argument("--nb-samples", type=int, default=None, help="default: the config's sampling.nb_samples")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="per process")
     p.add_argument("--class-idx", type=int, default=None, help="class of every sample (conditional models)")
     p.add_argument("--out-dir", default="samples")
     p.add_argument("--save-latents", default=None, metavar="FILE.npy", help="also save the token grids")
+    p.add_argument("--npz", default=None, metavar="FILE.npz",
+                   help="also write all samples as an ADM-layout .npz (arr_0 images, arr_1 labels)")
     p.add_argument("--grid", default=None, metavar="FILE.png", help="also tile all samples into one image")
     p.add_argument("--count-offset", type=int, default=0, help="number of the first sample file")
     p.add_argument("--no-progress", action="store_true")
@@ -40,19 +46,27 @@ def main(argv=None):
             raise SundaeError(f"{flag} must be >= {minimum}, got {value}")
     # every output checked before any work, and nothing made for a run that cannot finish
     writable_dir(args.out_dir, "--out-dir", create=False)
-    for path, what in ((args.grid, "--grid file"), (args.save_latents, "--save-latents file")):
+    for path, what in ((args.grid, "--grid file"), (args.save_latents, "--save-latents file"),
+                       (args.npz, "--npz file")):
         if path:
             writable_file(path, what, create=False)
+    procs = from_environment()
+    if procs.world_size > 1 and (args.device or default_device()) == "cuda":
+        args.device = f"cuda:{procs.local_rank}"  # one GPU per process
     prior = prior_from_args(args)
     sampling = sampling_config(prior.cfg.sampling, args)
     nb_samples = args.nb_samples or prior.cfg.sampling.nb_samples
-    summary = bulk_sample(prior, sampling, args.out_dir, nb_samples, batch_size=args.batch_size,
-                          count_offset=args.count_offset, class_idx=args.class_idx, seed=args.seed,
-                          save_latents=args.save_latents, progress=not args.no_progress)
+    with process_group(procs, prior.device):
+        summary = bulk_sample(prior, sampling, args.out_dir, nb_samples, batch_size=args.batch_size,
+                              count_offset=args.count_offset, class_idx=args.class_idx, seed=args.seed,
+                              save_latents=args.save_latents, npz=args.npz,
+                              progress=not args.no_progress, procs=procs)
+    if not procs.is_main:
+        return
     if summary["sampled_now"]:
-        print(f"{summary['sampled_now']} samples at {summary['samples_per_second']:.2f} samples/s "
-              f"(prior {summary['prior_seconds']:.2f} s, decoder {summary['decoder_seconds']:.2f} s); "
-              f"mean steps used {summary['mean_steps_used']:.1f}")
+        print(f"{summary['sampled_now']} samples on {summary['processes']} process(es) at "
+              f"{summary['samples_per_second']:.2f} samples/s (prior {summary['prior_seconds']:.2f} s, "
+              f"decoder {summary['decoder_seconds']:.2f} s); mean steps used {summary['mean_steps_used']:.1f}")
         print("steps used histogram: " + json.dumps(summary["steps_histogram"]))
     else:
         print(f"all {nb_samples} samples already in {args.out_dir}; nothing to do")
@@ -60,6 +74,8 @@ def main(argv=None):
         indices = range(args.count_offset, args.count_offset + nb_samples)
         save_sample_grid(args.out_dir, indices, args.grid, nrow=max(1, int(math.sqrt(nb_samples))))
         print(f"wrote {args.grid}")
+    if args.npz:
+        print(f"wrote {args.npz}")
     print(f"wrote {args.out_dir} (summary.json)")
 
 

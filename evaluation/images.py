@@ -39,7 +39,7 @@ from PIL import Image, UnidentifiedImageError
 
 from evaluation import metrics
 from infra.errors import UserError
-from infra.files import atomic_path
+from infra.files import atomic_path, sha256_of
 from infra.images import list_images, open_rgb
 
 INCEPTION_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
@@ -51,18 +51,6 @@ FEATURE_LAYERS = ("2048", "logits_unbiased")  # FID/KID/prdc features, IS logits
 STATS_FORMAT = "sundae-inception-stats"
 STATS_VERSION = 1
 ADM_LAYOUT = "the ADM layout: arr_0 uint8 N x H x W x 3 images, optional arr_1 labels"
-
-
-def sha256_file(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------
-# Image sets: a folder or an ADM .npz, read in uint8 (B, 3, H, W) batches
 
 
 class ImageFolder:
@@ -148,7 +136,7 @@ class AdmNpz:
         return self.shape[0]
 
     def sha256(self):
-        return sha256_file(self.path)
+        return sha256_of(self.path)
 
     def batches(self, batch_size, workers=None):
         n, h, w, c = self.shape
@@ -167,16 +155,37 @@ class AdmNpz:
 def write_adm_npz(path, images, labels=None):
     """Write uint8 (N, H, W, 3) images (and (N,) labels as arr_1) in the ADM layout, atomically."""
     images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-        raise UserError(f"{path}: images are {images.dtype} {images.shape}; expected {ADM_LAYOUT}")
-    arrays = {"arr_0": images}
+    write_adm_npz_batches(path, images.shape, [images], labels)
+
+
+def write_adm_npz_batches(path, shape, batches, labels=None):
+    """The ADM layout written one uint8 (B, H, W, 3) batch at a time, so 50k images at 256x256
+    (10 GB) never need to sit in memory: each array is stored uncompressed in the zip, as
+    np.savez does, and np.load reads the result as usual. Written atomically."""
+    count, height, width, channels = shape
+    if channels != 3 or len(shape) != 4:
+        raise UserError(f"{path}: images are {tuple(shape)}; expected {ADM_LAYOUT}")
     if labels is not None:
         labels = np.asarray(labels, dtype=np.int64)
-        if labels.shape != (len(images),):
-            raise UserError(f"{path}: {labels.shape} labels for {len(images)} images")
-        arrays["arr_1"] = labels
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
-        np.savez(f, **arrays)
+        if labels.shape != (count,):
+            raise UserError(f"{path}: {labels.shape} labels for {count} images")
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        with archive.open("arr_0.npy", "w", force_zip64=True) as f:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                      "shape": (count, height, width, 3)}
+            np.lib.format.write_array_header_2_0(f, header)
+            written = 0
+            for batch in batches:
+                batch = np.ascontiguousarray(batch)
+                if batch.dtype != np.uint8 or batch.shape[1:] != (height, width, 3):
+                    raise UserError(f"{path}: a batch of {batch.dtype} {batch.shape}; expected {ADM_LAYOUT}")
+                f.write(batch.tobytes())
+                written += len(batch)
+            if written != count:
+                raise UserError(f"{path}: {written} images written, {count} announced")
+        if labels is not None:
+            with archive.open("arr_1.npy", "w") as f:
+                np.lib.format.write_array(f, labels)
 
 
 def read_adm_npz(path):
@@ -327,7 +336,7 @@ class Inception:
 
     @functools.cached_property
     def weights_sha256(self):
-        return sha256_file(self.weights_path)
+        return sha256_of(self.weights_path)
 
     @functools.cached_property
     def model(self):

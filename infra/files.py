@@ -6,6 +6,7 @@ with -9 leaves at most one, which the next write of the same target (or `remove_
 removes once its process is gone.
 """
 import contextlib
+import hashlib
 import os
 import shutil
 import socket
@@ -110,3 +111,13 @@ def writable_file(path, what="output file", create=True):
 
 def host_and_pid():
     return f"pid {os.getpid()} on {socket.gethostname()}"
+
+
+def sha256_of(path, chunk=1 << 20):
+    """The SHA-256 hex digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+

@@ -5,14 +5,13 @@
 Writes OUT/train/<photo>-<y>-<x>.png from every photo but one, and OUT/heldout/ with the crops
 of that one (a cat), which training never sees.
 """
-import argparse
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from infra.files import atomic_path
-from infra.cli import run_cli
+from infra.cli import ArgumentParser, run_cli
 
 TRAIN_PHOTOS = ("astronaut", "coffee", "rocket", "immunohistochemistry", "motorcycle")
 HELD_OUT_PHOTO = "chelsea"
@@ -41,7 +40,7 @@ def crops(image, size, stride):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(__doc__)
     p.add_argument("out_dir")
     p.add_argument("--size", type=int, default=32, help="side of each square crop")
     p.add_argument("--stride", type=int, default=16, help="step between crops (overlapping if < size)")

@@ -1,4 +1,13 @@
-"""Bulk sampling for FID: one PNG per sample, resumable, with a timing summary."""
+"""Bulk sampling for FID: one PNG per sample, an ADM .npz, resumable, on one process or under
+torchrun, with one timing summary.
+
+The job is one global set of samples, `count_offset .. count_offset + N - 1`, cut into batches of
+`batch_size` consecutive indices. Batch k draws from its own generator seeded by (seed, first
+index of k), and process r of W takes batches r, r + W, r + 2W, ... (DiT's sample_ddp.py
+interleaving, by batch), so every sample is the same whatever the number of processes, and a
+re-run (with any number of processes) skips the batches that are complete and re-creates the
+others identically, writing only what is missing.
+"""
 import json
 import time
 from pathlib import Path
@@ -9,6 +18,8 @@ from torchvision.io import ImageReadMode, read_image, write_png
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
+from evaluation.images import write_adm_npz_batches
+from infra.distributed import Processes
 from infra.files import atomic_path, writable_dir, writable_file
 from infra.images import to_unit
 from sundae.errors import SundaeError
@@ -20,83 +31,124 @@ def sample_path(out_dir, index):
     return Path(out_dir) / f"sample-{index:06d}.png"
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def bulk_sample(prior, sampling, out_dir, nb_samples, batch_size=16, count_offset=0, class_idx=None,
-                seed=0, save_latents=None, progress=True):
-    """Write samples `count_offset .. count_offset + nb_samples - 1` as PNGs into `out_dir`.
-
-    Batch `k` covers a fixed index range and draws from its own generator seeded by
-    (seed, first index), so a re-run skips batches that are complete (all PNGs written and, with
-    `save_latents`, all grids recorded) and re-creates any other batch identically, writing only
-    what is missing. `save_latents` also keeps the token grids (N, h, w), row i for sample
-    count_offset + i (see LatentRows). Returns the summary also written to out_dir/summary.json.
-    """
+                seed=0, save_latents=None, npz=None, progress=True, procs=Processes()):
+    """Write this process's share of the samples as PNGs into `out_dir`; on rank 0, once every
+    process is done, also the token grids (`save_latents`, see LatentRows), the ADM `npz` of all
+    samples (labels in arr_1 for class-conditional priors) and one summary.json merging every
+    process's. Returns the merged summary on rank 0 (this process's elsewhere)."""
     prior.check_class(class_idx)
     out_dir = writable_dir(out_dir, "--out-dir")
     h, w = prior.latent_shape
-    latents = LatentRows(save_latents, nb_samples, (h, w), prior.num_tokens) if save_latents else None
+    latents = None
+    if save_latents and procs.is_main:
+        latents = LatentRows(save_latents, nb_samples, (h, w), prior.num_tokens)
+    procs.barrier()  # rank 0 has made (or found) the files the others fill
+    if save_latents and not procs.is_main:
+        latents = LatentRows(save_latents, nb_samples, (h, w), prior.num_tokens, create=False)
 
-    steps_used, prior_time, decode_time, written = [], 0.0, 0.0, 0
-    bar = tqdm(total=nb_samples, unit="sample", disable=not progress, desc="sampling")
-    for start in range(0, nb_samples, batch_size):
+    mine = range(0, nb_samples, batch_size)[procs.rank::procs.world_size]
+    stats = {"steps_used": [], "prior_seconds": 0.0, "decoder_seconds": 0.0, "written": 0}
+    bar = tqdm(total=len(mine), unit="batch", disable=not (progress and procs.is_main), desc="sampling")
+    for start in mine:
         rows = range(start, min(start + batch_size, nb_samples))
         indices = range(count_offset + rows.start, count_offset + rows.stop)
         missing = [i for i in indices if not sample_path(out_dir, i).exists()]
-        if not missing and (latents is None or latents.complete(rows)):
-            bar.update(len(indices))
-            continue
-        g = torch.Generator(device=prior.device).manual_seed(seed * 1_000_003 + indices[0])
-        cond = None
-        if prior.num_classes is not None:
-            cond = (torch.full((len(indices),), class_idx, device=prior.device) if class_idx is not None
-                    else torch.randint(prior.num_classes, (len(indices),), generator=g, device=prior.device))
-        t0 = time.perf_counter()
-        result = sample(prior.model, (h, w), sampling, num_tokens=prior.num_tokens,
-                        nb_samples=len(indices), cond=cond, generator=g, device=prior.device)
-        _sync(prior.device)
-        t1 = time.perf_counter()
-        images = prior.render(result.tokens)
-        t2 = time.perf_counter()
-        prior_time, decode_time = prior_time + t1 - t0, decode_time + t2 - t1
-        steps_used += result.steps_used.tolist()
-        if latents is not None:
-            latents.write(rows, result.tokens.cpu().numpy())
-        for i, image in zip(indices, images):
-            if i in missing:
-                with atomic_path(sample_path(out_dir, i)) as tmp:
-                    save_image(to_unit(image), tmp, format="png")
-                written += 1
-        bar.update(len(indices))
+        if missing or (latents is not None and not latents.complete(rows)):
+            _sample_batch(prior, sampling, out_dir, indices, missing, class_idx, seed, latents, rows, stats)
+        bar.update()
     bar.close()
+
+    procs.barrier()  # every process's PNGs and grids are written
+    gathered = procs.gather(stats)
+    if not procs.is_main:
+        return _summary(nb_samples, [stats], sampling)
     if latents is not None:
         latents.finish()
-
-    summary = _summary(nb_samples, written, steps_used, prior_time, decode_time, sampling)
+    indices = range(count_offset, count_offset + nb_samples)
+    if npz:
+        labels = None if prior.num_classes is None else batch_labels(prior, indices, batch_size, class_idx, seed)
+        write_npz(npz, out_dir, indices, labels)
+    summary = _summary(nb_samples, gathered, sampling)
     with atomic_path(out_dir / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=1))
     return summary
 
 
+def _sample_batch(prior, sampling, out_dir, indices, missing, class_idx, seed, latents, rows, stats):
+    g = batch_generator(prior, seed, indices[0])
+    cond = _cond(prior, len(indices), class_idx, g)
+    t0 = time.perf_counter()
+    result = sample(prior.model, prior.latent_shape, sampling, num_tokens=prior.num_tokens,
+                    nb_samples=len(indices), cond=cond, generator=g, device=prior.device)
+    if prior.device.type == "cuda":
+        torch.cuda.synchronize(prior.device)
+    t1 = time.perf_counter()
+    images = prior.render(result.tokens)
+    stats["prior_seconds"] += t1 - t0
+    stats["decoder_seconds"] += time.perf_counter() - t1
+    stats["steps_used"] += result.steps_used.tolist()
+    if latents is not None:
+        latents.write(rows, result.tokens.cpu().numpy())
+    for i, image in zip(indices, images):
+        if i in missing:
+            with atomic_path(sample_path(out_dir, i)) as tmp:
+                save_image(to_unit(image), tmp, format="png")
+            stats["written"] += 1
+
+
+def batch_generator(prior, seed, first_index):
+    return torch.Generator(device=prior.device).manual_seed(seed * 1_000_003 + first_index)
+
+
+def _cond(prior, n, class_idx, generator):
+    """The classes of a batch: the first draw of its generator (so they can be recomputed)."""
+    if prior.num_classes is None:
+        return None
+    if class_idx is not None:
+        return torch.full((n,), class_idx, device=prior.device)
+    return torch.randint(prior.num_classes, (n,), generator=generator, device=prior.device)
+
+
+def batch_labels(prior, indices, batch_size, class_idx, seed):
+    """(N,) the class of every sample of the job, recomputed without sampling anything."""
+    labels = [_cond(prior, min(batch_size, indices.stop - first), class_idx,
+                    batch_generator(prior, seed, first)).cpu()
+              for first in range(indices.start, indices.stop, batch_size)]
+    return torch.cat(labels).numpy()
+
+
+def write_npz(path, out_dir, indices, labels=None, chunk=256):
+    """The job's PNGs, in index order, as an ADM .npz (streamed: never all in memory)."""
+    first = read_image(str(sample_path(out_dir, indices[0])), ImageReadMode.RGB)
+    shape = (len(indices), first.shape[1], first.shape[2], 3)
+
+    def batches():
+        for start in range(0, len(indices), chunk):
+            images = [read_image(str(sample_path(out_dir, i)), ImageReadMode.RGB)
+                      for i in indices[start:start + chunk]]
+            yield torch.stack(images).permute(0, 2, 3, 1).numpy()  # (B, 3, H, W) -> (B, H, W, 3)
+
+    write_adm_npz_batches(path, shape, batches(), labels)
+
+
 class LatentRows:
-    """The (N, h, w) grids of --save-latents, filled across interrupted runs.
+    """The (N, h, w) grids of --save-latents, filled across interrupted runs and processes.
 
     Rows are written into `FILE.partial` and which rows hold a grid into `FILE.filled` (a bool
     array, flushed after the rows it marks), so a re-run knows exactly which batches still need
-    their grids, whatever PNGs exist. When every row is filled the file is renamed to FILE.
+    their grids, whatever PNGs exist. Processes fill disjoint rows of the same memory-mapped
+    files. When every row is filled the file is renamed to FILE.
     """
 
-    def __init__(self, path, n, shape, num_tokens):
+    def __init__(self, path, n, shape, num_tokens, create=True):
         self.path = writable_file(path, "--save-latents file")
         self.partial, self.filled_path = Path(f"{path}.partial"), Path(f"{path}.filled")
         dtype = token_dtype(num_tokens)
         if self.path.exists():
             raise SundaeError(f"{path}: already exists; pick another --save-latents file")
         try:
-            if self.partial.exists() and self.filled_path.exists():
+            if not create or (self.partial.exists() and self.filled_path.exists()):
                 self.rows = np.load(self.partial, mmap_mode="r+")
                 self.filled = np.load(self.filled_path, mmap_mode="r+")
                 if self.rows.shape != (n, *shape) or self.rows.dtype != dtype or self.filled.shape != (n,):
@@ -133,18 +185,21 @@ def save_sample_grid(out_dir, indices, path, nrow=8):
         write_png(grid, str(tmp))
 
 
-def _summary(nb_samples, written, steps_used, prior_time, decode_time, sampling):
-    steps = np.asarray(steps_used, dtype=np.int64)
+def _summary(nb_samples, per_process, sampling):
+    """One summary of every process's share: counts and step histograms add up, throughput is
+    the samples over the slowest process's time."""
+    steps = np.asarray([s for stats in per_process for s in stats["steps_used"]], dtype=np.int64)
     sampled = len(steps)
-    total = prior_time + decode_time
+    wall = max(stats["prior_seconds"] + stats["decoder_seconds"] for stats in per_process)
     histogram = {int(k): int(v) for k, v in zip(*np.unique(steps, return_counts=True))}
     return {
         "nb_samples": nb_samples,
+        "processes": len(per_process),
         "sampled_now": sampled,
-        "written_now": written,
-        "samples_per_second": sampled / total if total > 0 else None,
-        "prior_seconds": prior_time,
-        "decoder_seconds": decode_time,
+        "written_now": sum(stats["written"] for stats in per_process),
+        "samples_per_second": sampled / wall if wall > 0 else None,
+        "prior_seconds": sum(stats["prior_seconds"] for stats in per_process),
+        "decoder_seconds": sum(stats["decoder_seconds"] for stats in per_process),
         "mean_steps_used": float(steps.mean()) if sampled else None,
         "steps_histogram": histogram,
         "sampling": {k: getattr(sampling, k) for k in sampling.__dataclass_fields__},

@@ -13,7 +13,6 @@ numpy format, so `np.load(path, mmap_mode="r")` maps them without reading them i
 `flipped` (whether the row is a horizontally flipped copy).
 """
 import contextlib
-import hashlib
 import json
 from pathlib import Path
 
@@ -29,14 +28,6 @@ FORMAT_VERSION = 1
 
 def token_dtype(codebook_size):
     return np.dtype(np.uint16) if codebook_size <= 2**16 else np.dtype(np.int32)
-
-
-def sha256_of(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _tokens_path(root, split):

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from evaluation import images
+from infra.files import sha256_of
 from tests.helpers import assert_user_error, run_main
 
 
@@ -229,7 +230,7 @@ def test_save_stats_writes_a_reference_once(tmp_path, fake_inception):
     proc = run_main("evaluate.py", tmp_path / "reference", "--save-stats", stats, "--inception-weights", weights)
     assert proc.returncode == 0, proc.stderr
     saved = images.load_stats(stats)
-    assert len(saved) == 8 and saved.weights_sha256 == images.sha256_file(weights)
+    assert len(saved) == 8 and saved.weights_sha256 == sha256_of(weights)
     assert saved.source_sha256 == images.ImageFolder(tmp_path / "reference").sha256()
     with np.load(stats) as raw:  # mean and covariance for other tools
         np.testing.assert_allclose(raw["mu"], saved.pool.mean(0), rtol=1e-5)

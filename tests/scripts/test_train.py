@@ -1,8 +1,11 @@
 """train.py end to end on a tiny dataset: learning, checkpoints, resume, DDP; and sample.py on its
 checkpoint. Most runs go through `run_main` (the scripts' own main and error handling, in this
 interpreter); the ones that must be real processes use `run_script`."""
+import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,7 +18,7 @@ from infra.runs import AtomicCheckpointIO
 from sundae.checkpoint import load_denoiser
 from sundae.config import load_config
 from sundae.render import tokens_to_gray
-from tests.helpers import (ONE_THREAD_ENV, TINY_CONFIG, assert_user_error, metrics, run_main, run_script,
+from tests.helpers import (ONE_THREAD_ENV, REPO, TINY_CONFIG, assert_user_error, metrics, run_main, run_script,
                            write_tiny_config)
 from tests.helpers import load_checkpoint as load
 
@@ -267,3 +270,57 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     assert 1 <= last["global_step"] < step
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point())
     assert sorted(p.name for p in checkpoints.glob("step-*")) == [f"step-{s:07d}.ckpt" for s in range(1, step)]
+
+
+@pytest.mark.slow
+def test_torchrun_writes_the_samples_of_one_process_and_resumes(tiny_prior, tmp_path):
+    """2 CPU processes (gloo) write the same PNGs, grids and npz as one process for the same seed
+    and global indices, with one merged summary; a torchrun re-run completes a damaged set."""
+    common = ["--cfg-path", tiny_prior.cfg, "--resume", tiny_prior.last, "--nb-samples", 10,
+              "--batch-size", 3, "--seed", 4, "--count-offset", 5, "--no-progress"]
+    expect_ok(run_main("sample.py", *common, "--out-dir", tmp_path / "one", "--npz", tmp_path / "one.npz",
+                       "--save-latents", tmp_path / "one.npy"))
+
+    def torchrun():
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                               str(REPO / "sample.py"), *map(str, common), "--out-dir", str(tmp_path / "two"),
+                               "--npz", str(tmp_path / "two.npz"), "--save-latents", str(tmp_path / "two.npy")],
+                              env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return proc
+
+    proc = torchrun()
+    names = [f"sample-{i:06d}.png" for i in range(5, 15)]
+    assert sorted(p.name for p in (tmp_path / "two").glob("*.png")) == names
+    for name in names:
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+    np.testing.assert_array_equal(np.load(tmp_path / "two.npy"), np.load(tmp_path / "one.npy"))
+    one, two = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    np.testing.assert_array_equal(two["arr_0"], one["arr_0"])
+    np.testing.assert_array_equal(two["arr_1"], one["arr_1"])
+    assert two["arr_0"].shape == (10, 16, 16, 3) and two["arr_0"].dtype == np.uint8
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["sampled_now"] == 10 and sum(summary["steps_histogram"].values()) == 10
+    assert proc.stdout.count("wrote") == 2  # rank 0 alone reports (the npz and the folder)
+
+    # resume under torchrun: a lost PNG of each process's batches, and the grids file not yet made
+    for name in ("sample-000005.png", "sample-000009.png"):
+        (tmp_path / "two" / name).unlink()
+    (tmp_path / "two.npy").unlink()
+    (tmp_path / "two.npz").unlink()
+    torchrun()
+    for name in names:
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+    np.testing.assert_array_equal(np.load(tmp_path / "two.npy"), np.load(tmp_path / "one.npy"))
+    np.testing.assert_array_equal(np.load(tmp_path / "two.npz")["arr_0"], one["arr_0"])
+
+
+def test_npz_labels_are_the_classes_the_samples_were_drawn_for(tiny_prior, tmp_path):
+    expect_ok(run_main("sample.py", "--cfg-path", tiny_prior.cfg, "--resume", tiny_prior.last, "--nb-samples", 6,
+                       "--batch-size", 4, "--class-idx", 1, "--out-dir", tmp_path / "s", "--npz", tmp_path / "s.npz",
+                       "--no-progress"))
+    with np.load(tmp_path / "s.npz") as data:
+        assert sorted(data.files) == ["arr_0", "arr_1"] and data["arr_1"].tolist() == [1] * 6
+        first = np.asarray(Image.open(tmp_path / "s" / "sample-000000.png").convert("RGB"))
+        np.testing.assert_array_equal(data["arr_0"][0], first)
