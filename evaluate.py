@@ -19,6 +19,7 @@ reference rows, the held-out eval split and per-position marginals (see evaluati
 
     python evaluate.py samples.npy --dataset data/digits [--labels labels.npy] [--json out.json]
 """
+import json
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,8 @@ def parse_args(argv):
     p.add_argument("reference", nargs="?", default=None, help="images (folder, ADM .npz, statistics file)")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the results as JSON")
     p.add_argument("--seed", type=int, default=0, help="seed of subsets and reference draws")
+    p.add_argument("--sampling-summary", default=None, metavar="summary.json",
+                   help="sample.py's summary of the samples: their sampling cost is reported beside the scores")
     images_ = p.add_argument_group("images")
     images_.add_argument("--metrics", nargs="+", choices=images.METRICS, default=list(images.METRICS))
     images_.add_argument("--inception-weights", default=None, metavar="FILE",
@@ -152,13 +155,32 @@ def evaluate_tokens(args):
     print(f"token-space evaluation of {args.samples} ({len(samples)} grids"
           f"{', with labels' if labels is not None else ''}) against {args.dataset}")
     print(tokens.format_rows(rows))
+    cost = sampling_cost(args.sampling_summary)
     if args.json is not None:
         write_json(args.json, {**{k: v for k, v in rows["samples"].items() if k != "n"},
                                "n_samples": len(samples), "samples": str(args.samples),
-                               "dataset": str(args.dataset), "rows": rows,
+                               "dataset": str(args.dataset), "rows": rows, "sampling": cost,
                                "classifier": {"path": str(cache), "eval_accuracy": evaluator.eval_accuracy}})
         print(f"wrote {args.json}")
     return 0
+
+
+def sampling_cost(path):
+    """What sample.py's summary.json says the samples cost; printed, and returned for the JSON."""
+    if path is None:
+        return None
+    try:
+        summary = json.loads(Path(path).read_text())
+        cost = {"mean_steps_used": summary["mean_steps_used"], "steps": summary["sampling"]["steps"],
+                "steps_histogram": summary["steps_histogram"], "samples_per_second": summary["samples_per_second"]}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a summary.json of sample.py ({type(e).__name__}: {e})") from None
+    if cost["mean_steps_used"] is None:
+        raise UserError(f"{path}: records no sampling (a re-run that found every sample written); "
+                        "sample into a new --out-dir to measure the sampling cost")
+    print(f"sampling: mean {cost['mean_steps_used']:.1f} of at most {cost['steps']} steps per sample "
+          f"(early freezing), steps used: {json.dumps(cost['steps_histogram'])}")
+    return cost
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ def parse_args(argv):
     p.add_argument("--nb-samples", type=int, default=None, help="default: the config's sampling.nb_samples")
     p.add_argument("--batch-size", type=int, default=16, help="per process")
     p.add_argument("--class-idx", type=int, default=None, help="class of every sample (conditional models)")
+    p.add_argument("--class-balanced", action="store_true",
+                   help="sample i gets class i mod C (conditional models; default: random classes)")
+    p.add_argument("--save-labels", default=None, metavar="FILE.npy", help="also save the (N,) class of each sample")
     p.add_argument("--out-dir", default="samples")
     p.add_argument("--save-latents", default=None, metavar="FILE.npy", help="also save the token grids")
     p.add_argument("--npz", default=None, metavar="FILE.npz",
@@ -46,20 +49,25 @@ def main(argv=None):
             raise SundaeError(f"{flag} must be >= {minimum}, got {value}")
     # every output checked before any work, and nothing made for a run that cannot finish
     writable_dir(args.out_dir, "--out-dir", create=False)
+    if args.class_balanced and args.class_idx is not None:
+        raise SundaeError("--class-balanced and --class-idx: give one of them")
     for path, what in ((args.grid, "--grid file"), (args.save_latents, "--save-latents file"),
-                       (args.npz, "--npz file")):
+                       (args.npz, "--npz file"), (args.save_labels, "--save-labels file")):
         if path:
             writable_file(path, what, create=False)
     procs = from_environment()
     if procs.world_size > 1 and (args.device or default_device()) == "cuda":
         args.device = f"cuda:{procs.local_rank}"  # one GPU per process
     prior = prior_from_args(args)
+    if prior.num_classes is None and (args.class_balanced or args.save_labels):
+        raise SundaeError(f"--class-balanced / --save-labels: the prior of {args.cfg_path} is not class-conditional")
     sampling = sampling_config(prior.cfg.sampling, args)
     nb_samples = args.nb_samples or prior.cfg.sampling.nb_samples
     with process_group(procs, prior.device):
         summary = bulk_sample(prior, sampling, args.out_dir, nb_samples, batch_size=args.batch_size,
-                              count_offset=args.count_offset, class_idx=args.class_idx, seed=args.seed,
-                              save_latents=args.save_latents, npz=args.npz,
+                              count_offset=args.count_offset, class_idx=args.class_idx,
+                              class_balanced=args.class_balanced, seed=args.seed,
+                              save_latents=args.save_latents, save_labels=args.save_labels, npz=args.npz,
                               progress=not args.no_progress, procs=procs)
     if not procs.is_main:
         return
@@ -74,8 +82,9 @@ def main(argv=None):
         indices = range(args.count_offset, args.count_offset + nb_samples)
         save_sample_grid(args.out_dir, indices, args.grid, nrow=max(1, int(math.sqrt(nb_samples))))
         print(f"wrote {args.grid}")
-    if args.npz:
-        print(f"wrote {args.npz}")
+    for path in (args.npz, args.save_latents, args.save_labels):
+        if path:
+            print(f"wrote {path}")
     print(f"wrote {args.out_dir} (summary.json)")
 
 

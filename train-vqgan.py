@@ -21,6 +21,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from infra.cli import ArgumentParser, run_cli
 from infra.config import build
+from infra.data import RESUME_WARNING
 from infra.devices import resolve_devices
 from infra.runs import claim_run_dir
 from infra.trainer import add_run_args, build_trainer
@@ -115,6 +116,8 @@ def main(argv=None):
             # the state we want (a checkpoint at step N holds N updates, as automatic optimization's).
             warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
             warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # LPIPS
+            # the training batches follow trainer.global_step, so a mid-epoch resume is exact
+            warnings.filterwarnings("ignore", message=RESUME_WARNING)
             trainer.fit(module, datamodule=data, ckpt_path=args.resume)
     if trainer.is_global_zero:
         print(f"run directory: {run_dir}")

@@ -6,11 +6,13 @@ r"""Train a SUNDAE prior on a latent dataset.
     python train.py --cfg-path config/digits.toml --resume runs/digits/checkpoints/last.ckpt
 """
 import dataclasses
+import warnings
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_only
 
 from infra.cli import ArgumentParser, run_cli
+from infra.data import RESUME_WARNING
 from infra.devices import resolve_devices
 from infra.errors import UserError
 from infra.runs import claim_run_dir
@@ -19,6 +21,7 @@ from sundae.checkpoint import check_fits, read_checkpoint
 from sundae.config import load_config, replace_section, run_dir
 from sundae.data import open_splits
 from sundae.pretrained import load_config_vqgan
+from sundae.quality import SampleQuality
 from sundae.training import LatentDataModule, SundaeModule
 
 
@@ -41,7 +44,10 @@ def main(argv=None):
     vqgan = load_config_vqgan(cfg)
     if args.resume:
         check_fits(args.resume, read_checkpoint(args.resume), cfg)
-    module = SundaeModule(cfg, seed=args.seed, run_dir=run_dir(cfg), vqgan=vqgan)
+    quality = SampleQuality(cfg, train, evaluation, vqgan) if cfg.evaluation else None
+    if quality is not None:
+        quality.check()
+    module = SundaeModule(cfg, seed=args.seed, run_dir=run_dir(cfg), vqgan=vqgan, quality=quality)
     try:  # a grid the hourglass levels cannot divide fails here, before anything is written
         module.model.level_grids(*cfg.data.latent_shape)
     except UserError as e:
@@ -57,7 +63,10 @@ def main(argv=None):
                                 checkpoint_every=tr.checkpoint_frequency, log_every=tr.log_frequency,
                                 grad_clip=tr.grad_clip, logged_config=dataclasses.asdict(cfg),
                                 run_name=tr.exp_name)
-        trainer.fit(module, datamodule=data, ckpt_path=args.resume)
+        with warnings.catch_warnings():
+            # the training batches follow trainer.global_step, so a mid-epoch resume is exact
+            warnings.filterwarnings("ignore", message=RESUME_WARNING)
+            trainer.fit(module, datamodule=data, ckpt_path=args.resume)
     if trainer.is_global_zero:
         print(f"run directory: {run_dir(cfg)}")
 

@@ -35,12 +35,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from evaluation import metrics
 from infra.errors import UserError
 from infra.files import atomic_path, sha256_of
-from infra.images import list_images, open_rgb
+from infra.images import UNREADABLE, list_images, open_rgb
 
 INCEPTION_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILENAME}"
@@ -51,6 +51,20 @@ FEATURE_LAYERS = ("2048", "logits_unbiased")  # FID/KID/prdc features, IS logits
 STATS_FORMAT = "sundae-inception-stats"
 STATS_VERSION = 1
 ADM_LAYOUT = "the ADM layout: arr_0 uint8 N x H x W x 3 images, optional arr_1 labels"
+
+
+class ImageArray:
+    """Images already in memory (uint8 (N, 3, H, W)) as an image set, e.g. samples drawn during
+    training."""
+
+    def __init__(self, images, path="<samples in memory>"):
+        self.images, self.path = images, path
+
+    def __len__(self):
+        return len(self.images)
+
+    def batches(self, batch_size):
+        yield from self.images.split(batch_size)
 
 
 class ImageFolder:
@@ -64,7 +78,7 @@ class ImageFolder:
             try:
                 with Image.open(f) as im:  # reads the header only
                     sizes.setdefault(im.size, f)
-            except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+            except UNREADABLE as e:
                 raise UserError(f"{f}: unreadable image ({e})") from None
         if len(sizes) > 1:
             (s1, f1), (s2, f2) = list(sizes.items())[:2]

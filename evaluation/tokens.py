@@ -185,7 +185,8 @@ def train_classifier(tokens, labels, vocab_size, num_classes, seed=0, recipe=Non
     steps = epochs * -(-n // batch_size)
     # fork_rng: initialisation and dropout draw from torch's global generator; seed it here and
     # give the caller's generator state back afterwards
-    with torch.random.fork_rng(devices=[]), one_thread():
+    # gradients on even when called from an evaluation loop running in inference mode
+    with torch.random.fork_rng(devices=[]), one_thread(), torch.inference_mode(False), torch.enable_grad():
         torch.manual_seed(seed)
         model = TokenClassifier(vocab_size, num_classes)
         order = torch.Generator().manual_seed(seed)

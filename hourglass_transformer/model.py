@@ -2,25 +2,47 @@
 shortened grid in the middle (Nawrot et al. 2021, "Hierarchical Transformers Are More Efficient
 Language Models", adapted to 2D latent grids as in SUNDAE-VQGAN).
 
-    tokens (B, h, w) -> embed -> stack -> norm -> logits (B, h, w, num_tokens)
+    tokens (B, h, w) -> embed -> stack -> norm -> logits (B, h, w, num_outputs)
 
 The stack is either a plain transformer (`depth` an int: the vanilla baseline) or an hourglass
-level (`depth` a triple (pre, valley, post)) on an h x w grid, with s = sqrt(shorten_factor):
+level (`depth` a triple (pre, valley, post)) on an h x w grid, shortened by k per level:
 
     x     = pre blocks(x)          # (B, h, w, d)
-    short = down(x)                # (B, h/s, w/s, d): one vector per s x s patch
+    short = down(x)                # (B, h', w', d): one vector per group of k tokens
     short = valley(short)          # a plain stack, or the next level
     x     = x + up(short)          # the residual around the valley, as in the paper
     x     = post blocks(x)         # (B, h, w, d)
 
-With attention resampling the pooled vector of a patch then attends to that patch's tokens, and
-on the way up each token attends to the pre-valley tokens of its own patch.
-Activations keep their (B, h, w, d) grid shape between levels, so shortening always pools 2D
-s x s patches and never runs of the flattened sequence. The paper shifts tokens right before
-shortening to stay causal; this model is non-causal (every token sees every token), so there is
-no shift and no mask. Attention goes through F.scaled_dot_product_attention, which on its fused
-paths never builds the (h*w)^2 score matrix, so memory grows linearly with the number of tokens.
-Positions: 2D axial rotary embeddings (see rotary.py) or learned absolute row + column ones.
+Which k tokens form a group (`resampling_layout`):
+- "2d" (default): the s x s patch, s = sqrt(k); the shortened grid is (h/s, w/s). Activations
+  keep their (B, h, w, d) grid shape between levels, so a group is always a 2D patch.
+- "1d": k consecutive tokens of the raster-flattened grid (the paper's 1D shortening, for the
+  ablation); a run stays inside a row when k divides w, so the shortened grid is (h, w/k) (or
+  (h*w/k, 1) when a run spans k/w whole rows).
+
+Attention resampling (`attn_resampling`, `attn_resampling_type`):
+- "ours" (default): down, the pooled vector of a group attends to the group's tokens (its patch);
+  up, after adding the up-sampled valley output, each token attends to the pre-valley tokens of
+  its own group. Both are residual attention blocks with normalised queries and keys/values
+  (query_norm, patch_norm) and no feed-forward.
+- "original" (SUNDAE-VQGAN's code and the hourglass reference, lucidrains'
+  hourglass-transformer-pytorch): each resampling block is one full pre-norm transformer layer,
+  x + attn(norm(x), context), then x + ff(norm(x)); the context (keys/values) is not normalised.
+  Down, the pooled vector attends to its group's tokens; up, after adding the up-sampled valley
+  output, each token attends to its group's valley output: a single key, so the attention
+  weights are always 1 and the block adds to_out(v(valley vector)) before its feed-forward (its
+  query and key projections get no gradient; kept so parameter counts match the original).
+  One difference stays: the original code groups these attentions as runs of k tokens of the
+  flattened sequence ("b (n s) d -> (b n) s d") even when it pools 2D patches, so there a pooled
+  vector attends to k raster-consecutive tokens, not to its patch; here the attention always
+  uses the pooling's groups.
+
+The paper shifts tokens right before shortening to stay causal; this model is non-causal (every
+token sees every token), so there is no shift and no mask. Attention goes through
+F.scaled_dot_product_attention, which on its fused paths never builds the (h*w)^2 score matrix,
+so memory grows linearly with the number of tokens.
+Positions: rotary embeddings (rotary.py; 2D axial or 1D over the raster order, integer or
+normalized coordinates) or learned absolute row + column ones.
 """
 import math
 from collections.abc import Sequence
@@ -28,13 +50,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, reduce, repeat
+from einops import rearrange, repeat
 from torch import nn
 
 from .errors import HourglassError
-from .rotary import COORDS, apply_rotary, axial_rotary
+from .rotary import LAYOUTS, apply_rotary, check as check_rotary, grid_rotary
 
 UPDOWN_SAMPLE_TYPES = ("linear", "naive")
+RESAMPLING_TYPES = ("ours", "original")
+RESAMPLING_LAYOUTS = LAYOUTS  # ("2d", "1d")
 
 
 @dataclass(frozen=True)
@@ -46,6 +70,15 @@ class BlockConfig:
     attn_dropout: float
     ff_dropout: float
     rotary_coords: str | None  # None: no rotary embeddings
+    rotary_layout: str = "2d"  # "2d": axial over rows and columns, "1d": over the raster order
+
+
+@dataclass(frozen=True)
+class ResamplingConfig:
+    updown_sample_type: str = "linear"  # "linear": project the concatenated group, "naive": mean
+    attn_resampling: bool = True
+    attn_resampling_type: str = "ours"  # see the module docstring
+    layout: str = "2d"  # which tokens form a group: a 2D patch or a raster run
 
 
 class Attention(nn.Module):
@@ -63,7 +96,7 @@ class Attention(nn.Module):
     def qkv(self, x, context=None, rotary=None):
         """Queries, keys, values per head, (B, heads, L, dim_head).
 
-        `rotary` = (cos, sin) from axial_rotary rotates q and k; only for self-attention, where
+        `rotary` = (cos, sin) from rotary.py rotates q and k; only for self-attention, where
         queries and keys sit on the same grid.
         """
         context = x if context is None else context
@@ -88,7 +121,7 @@ class FeedForward(nn.Sequential):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: full self-attention, then a feed-forward."""
+    """Pre-norm transformer layer: attention (to x itself, or to a raw `context`), then a feed-forward."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -97,8 +130,8 @@ class Block(nn.Module):
         self.ff_norm = nn.LayerNorm(cfg.dim)
         self.ff = FeedForward(cfg)
 
-    def forward(self, x, rotary=None):  # (B, L, d) -> (B, L, d)
-        x = x + self.attn(self.attn_norm(x), rotary=rotary)
+    def forward(self, x, rotary=None, context=None):  # (B, L, d), (B, m, d) -> (B, L, d)
+        x = x + self.attn(self.attn_norm(x), context, rotary)
         return x + self.ff(self.ff_norm(x))
 
 
@@ -110,26 +143,64 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(depth))
         self.dim_head = cfg.dim_head
         self.rotary_coords = cfg.rotary_coords
+        self.rotary_layout = cfg.rotary_layout
 
     def forward(self, x):  # (B, h, w, d) -> (B, h, w, d)
         if len(self.blocks) == 0:
             return x
         _, h, w, _ = x.shape
         rotary = None
-        if self.rotary_coords is not None:
-            rotary = axial_rotary(h, w, self.dim_head, self.rotary_coords, x.device, x.dtype)
+        if self.rotary_coords is not None:  # positions on this level's own grid
+            rotary = grid_rotary(h, w, self.dim_head, self.rotary_coords, self.rotary_layout, x.device, x.dtype)
         x = rearrange(x, "b h w d -> b (h w) d")
         for block in self.blocks:
             x = block(x, rotary)
         return rearrange(x, "b (h w) d -> b h w d", h=h)
 
 
-def to_patches(x, s):  # (B, h, w, d) -> (B * h/s * w/s, s*s, d): one row per s x s patch
-    return rearrange(x, "b (h p1) (w p2) d -> (b h w) (p1 p2) d", p1=s, p2=s)
+class Grouping:
+    """Which k tokens of an h x w grid pool into one position of the shortened grid.
+
+    "2d": the s x s patch (s = sqrt(k)). "1d": k consecutive tokens of the raster-flattened grid.
+    Groups come in the raster order of the shortened grid, the tokens of a group in raster order.
+    """
+
+    def __init__(self, layout, k):
+        self.layout, self.k = layout, k
+        self.s = math.isqrt(k) if layout == "2d" else None  # patch side
+
+    def short_grid(self, h, w):
+        """The shortened grid (h', w'), or None when h x w cannot be cut into groups."""
+        k, s = self.k, self.s
+        if self.layout == "2d":
+            return (h // s, w // s) if h % s == 0 and w % s == 0 else None
+        if w % k == 0:  # runs inside a row
+            return h, w // k
+        if k % w == 0 and h % (k // w) == 0:  # each run is k/w whole rows
+            return h * w // k, 1
+        return None
+
+    def describe(self):  # what a group is, and what a grid needs for it: for error messages
+        if self.layout == "2d":
+            return f"{self.s}x{self.s} patches", f"both sides must divide by {self.s}"
+        return (f"runs of {self.k} consecutive tokens in raster order",
+                f"the width must divide by {self.k}, or divide {self.k} with the height dividing by {self.k}/width")
+
+    def group(self, x):  # (B, h, w, d) -> (B, n, k, d), n = h' * w'
+        if self.layout == "2d":
+            return rearrange(x, "b (h p1) (w p2) d -> b (h w) (p1 p2) d", p1=self.s, p2=self.s)
+        flat = rearrange(x, "b h w d -> b (h w) d")
+        return rearrange(flat, "b (n k) d -> b n k d", k=self.k)
+
+    def ungroup(self, groups, h, w):  # (B, n, k, d) -> (B, h, w, d), the inverse of group
+        if self.layout == "2d":
+            return rearrange(groups, "b (h w) (p1 p2) d -> b (h p1) (w p2) d", h=h // self.s, p1=self.s, p2=self.s)
+        flat = rearrange(groups, "b n k d -> b (n k) d")
+        return rearrange(flat, "b (h w) d -> b h w d", h=h)
 
 
 class PatchAttention(nn.Module):
-    """Residual attention in which queries see only the tokens of their own patch."""
+    """Our resampling block: residual attention of the queries to their group's (normalised) tokens."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -137,79 +208,104 @@ class PatchAttention(nn.Module):
         self.patch_norm = nn.LayerNorm(cfg.dim)
         self.attn = Attention(cfg)
 
-    def forward(self, queries, patches):  # (N, m, d), (N, s*s, d) -> (N, m, d)
-        return queries + self.attn(self.query_norm(queries), self.patch_norm(patches))
+    def forward(self, queries, context):  # (N, m, d), (N, k, d) -> (N, m, d)
+        return queries + self.attn(self.query_norm(queries), self.patch_norm(context))
+
+
+def resampling_block(cfg, resampling_type):
+    """"ours": attention only (PatchAttention); "original": one full transformer layer (Block)."""
+    return Block(cfg) if resampling_type == "original" else PatchAttention(cfg)
 
 
 class DownSample(nn.Module):
-    """(B, h, w, d) -> (B, h/s, w/s, d): one vector per s x s patch.
+    """(B, h, w, d) -> (B, h', w', d): one vector per group of k tokens (see Grouping).
 
-    "linear" concatenates the patch and projects it, "naive" averages it. With attention
-    resampling the pooled vector then attends to the tokens of its patch.
+    "linear" concatenates the group and projects it, "naive" averages it. With attention
+    resampling the pooled vector then attends to the tokens of its group (both variants).
     """
 
-    def __init__(self, kind, s, cfg, attn_resampling):
+    def __init__(self, kind, grouping, cfg, attn_resampling=True, resampling_type="ours"):
         super().__init__()
-        self.s = s
-        self.proj = nn.Linear(s * s * cfg.dim, cfg.dim) if kind == "linear" else None
-        self.attn = PatchAttention(cfg) if attn_resampling else None
+        self.grouping = grouping
+        self.proj = nn.Linear(grouping.k * cfg.dim, cfg.dim) if kind == "linear" else None
+        self.attn = resampling_block(cfg, resampling_type) if attn_resampling else None
 
     def forward(self, x):
-        s = self.s
+        b, h, w, _ = x.shape
+        h_short, _ = self.grouping.short_grid(h, w)
+        groups = self.grouping.group(x)  # (B, n, k, d)
         if self.proj is None:
-            short = reduce(x, "b (h p1) (w p2) d -> b h w d", "mean", p1=s, p2=s)
+            short = groups.mean(dim=2)  # (B, n, d)
         else:
-            short = self.proj(rearrange(x, "b (h p1) (w p2) d -> b h w (p1 p2 d)", p1=s, p2=s))
+            short = self.proj(rearrange(groups, "b n k d -> b n (k d)"))
         if self.attn is not None:
-            b, h, w, _ = short.shape
-            queries = rearrange(short, "b h w d -> (b h w) 1 d")
-            short = self.attn(queries, to_patches(x, s))
-            short = rearrange(short, "(b h w) 1 d -> b h w d", b=b, h=h, w=w)
-        return short
+            queries = rearrange(short, "b n d -> (b n) 1 d")
+            short = self.attn(queries, context=rearrange(groups, "b n k d -> (b n) k d"))
+            short = rearrange(short, "(b n) 1 d -> b n d", b=b)
+        return rearrange(short, "b (h w) d -> b h w d", h=h_short)
 
 
 class UpSample(nn.Module):
-    """(B, h/s, w/s, d) valley output + (B, h, w, d) pre-valley tokens -> (B, h, w, d).
+    """(B, h', w', d) valley output + (B, h, w, d) pre-valley tokens -> (B, h, w, d).
 
-    The transpose of DownSample ("linear": project to s*s vectors, "naive": repeat), added to the
-    pre-valley tokens. With attention resampling each token then attends to the pre-valley tokens
-    of its own patch.
+    The transpose of DownSample ("linear": project to k vectors, "naive": repeat), added to the
+    pre-valley tokens. With attention resampling each token of a group then attends to the
+    group's pre-valley tokens ("ours") or to the group's valley output ("original").
     """
 
-    def __init__(self, kind, s, cfg, attn_resampling):
+    def __init__(self, kind, grouping, cfg, attn_resampling=True, resampling_type="ours"):
         super().__init__()
-        self.s = s
-        self.proj = nn.Linear(cfg.dim, s * s * cfg.dim) if kind == "linear" else None
-        self.attn = PatchAttention(cfg) if attn_resampling else None
+        self.grouping = grouping
+        self.resampling_type = resampling_type
+        self.proj = nn.Linear(cfg.dim, grouping.k * cfg.dim) if kind == "linear" else None
+        self.attn = resampling_block(cfg, resampling_type) if attn_resampling else None
 
     def forward(self, short, x):
-        s = self.s
+        b, h, w, _ = x.shape
+        k = self.grouping.k
+        short = rearrange(short, "b h w d -> b (h w) d")  # (B, n, d)
         if self.proj is None:
-            up = repeat(short, "b h w d -> b (h p1) (w p2) d", p1=s, p2=s)
+            up = repeat(short, "b n d -> b n k d", k=k)
         else:
-            up = rearrange(self.proj(short), "b h w (p1 p2 d) -> b (h p1) (w p2) d", p1=s, p2=s)
-        x_up = x + up
+            up = rearrange(self.proj(short), "b n (k d) -> b n k d", k=k)
+        pre_valley = self.grouping.group(x)  # (B, n, k, d)
+        groups = pre_valley + up
         if self.attn is not None:
-            b, h, w, _ = short.shape
-            x_up = self.attn(to_patches(x_up, s), to_patches(x, s))
-            x_up = rearrange(x_up, "(b h w) (p1 p2) d -> b (h p1) (w p2) d", b=b, h=h, w=w, p1=s, p2=s)
-        return x_up
+            if self.resampling_type == "original":
+                context = rearrange(short, "b n d -> (b n) 1 d")  # the group's valley output
+            else:
+                context = rearrange(pre_valley, "b n k d -> (b n) k d")  # the group's pre-valley tokens
+            groups = self.attn(rearrange(groups, "b n k d -> (b n) k d"), context=context)
+            groups = rearrange(groups, "(b n) k d -> b n k d", b=b)
+        return self.grouping.ungroup(groups, h, w)
 
 
 class HourglassLevel(nn.Module):
     """pre blocks -> down -> valley -> up (+ residual) -> post blocks, on one grid."""
 
-    def __init__(self, depth, shorten_factors, cfg, updown_sample_type, attn_resampling, level):
+    def __init__(self, depth, shorten_factors, cfg, rcfg, level):
         super().__init__()
         pre, valley, post = depth
         self.level = level
         self.shorten_factor = shorten_factors[0]
-        self.s = math.isqrt(self.shorten_factor)  # patch side
+        self.grouping = Grouping(rcfg.layout, self.shorten_factor)
+        self.s = self.grouping.s  # patch side; None for 1D runs
         self.pre = Transformer(pre, cfg)
-        self.down = DownSample(updown_sample_type, self.s, cfg, attn_resampling)
-        self.valley = build_stack(valley, shorten_factors[1:], cfg, updown_sample_type, attn_resampling, level + 1)
-        self.up = UpSample(updown_sample_type, self.s, cfg, attn_resampling)
+        self.down = DownSample(rcfg.updown_sample_type, self.grouping, cfg, rcfg.attn_resampling,
+                               rcfg.attn_resampling_type)
+        self.valley = build_stack(valley, shorten_factors[1:], cfg, rcfg, level + 1)
+        self.up = UpSample(rcfg.updown_sample_type, self.grouping, cfg, rcfg.attn_resampling,
+                           rcfg.attn_resampling_type)
         self.post = Transformer(post, cfg)
+
+    def short_grid(self, h, w):
+        """The valley's grid for an h x w input; an error naming the level when it cannot pool."""
+        grid = self.grouping.short_grid(h, w)
+        if grid is None:
+            groups, rule = self.grouping.describe()
+            raise HourglassError(f"hourglass level {self.level}: grid {h}x{w} cannot be down-sampled by "
+                                 f"shorten_factor {self.shorten_factor} ({groups}); {rule}")
+        return grid
 
     def forward(self, x):  # (B, h, w, d) -> (B, h, w, d)
         x = self.pre(x)
@@ -217,10 +313,10 @@ class HourglassLevel(nn.Module):
         return self.post(x)
 
 
-def build_stack(depth, shorten_factors, cfg, updown_sample_type, attn_resampling, level=0):
+def build_stack(depth, shorten_factors, cfg, rcfg, level=0):
     if isinstance(depth, int):
         return Transformer(depth, cfg)
-    return HourglassLevel(depth, shorten_factors, cfg, updown_sample_type, attn_resampling, level)
+    return HourglassLevel(depth, shorten_factors, cfg, rcfg, level)
 
 
 class AxialPositionEmbedding(nn.Module):
@@ -257,8 +353,8 @@ def count_levels(depth):
     return 0 if isinstance(depth, int) else 1 + count_levels(depth[1])
 
 
-def parse_shorten_factors(shorten_factor, levels):
-    """One k per level from an int or a list; each k a perfect square (sqrt(k) per axis)."""
+def parse_shorten_factors(shorten_factor, levels, layout="2d"):
+    """One k per level from an int or a list; for 2D patches each k a perfect square (sqrt(k) per axis)."""
     if is_int(shorten_factor):
         factors = [shorten_factor] * levels
     elif isinstance(shorten_factor, Sequence) and not isinstance(shorten_factor, str):
@@ -270,8 +366,10 @@ def parse_shorten_factors(shorten_factor, levels):
     else:
         raise HourglassError(f"shorten_factor={shorten_factor!r}: expected an int or a list of ints")
     for k in factors:
-        if not (is_int(k) and k >= 1 and math.isqrt(k) ** 2 == k):
-            raise HourglassError(f"shorten_factor={k!r}: expected a perfect square (4, 9, 16, ...)")
+        if not (is_int(k) and k >= 1):
+            raise HourglassError(f"shorten_factor={k!r}: expected a positive int")
+        if layout == "2d" and math.isqrt(k) ** 2 != k:
+            raise HourglassError(f"shorten_factor={k!r}: expected a perfect square (4, 9, 16, ...) for 2D patches")
     return factors
 
 
@@ -286,9 +384,14 @@ class HourglassTransformerLM(nn.Module):
     """Non-causal hourglass transformer over 2D token grids: tokens (B, h, w) -> logits (B, h, w, V).
 
     `depth` is an int (a plain transformer) or a nested triple (pre, valley, post); `shorten_factor`
-    is one k or a list with one k per level, each a perfect square (sqrt(k) x sqrt(k) patches).
-    With `rotary_pos_emb` any grid the levels can divide works; otherwise learned absolute
-    embeddings cover grids up to `max_grid` = (h, w). `num_classes` turns on class conditioning.
+    is one k or a list with one k per level (perfect squares for 2D patches). Resampling:
+    `updown_sample_type`, `attn_resampling`, `attn_resampling_type` ("ours" | "original") and
+    `resampling_layout` ("2d" | "1d"), as in the module docstring. Positions: with
+    `rotary_pos_emb`, rotary embeddings (`rotary_layout` "2d" | "1d", `rotary_coords` "integer" |
+    "normalized"; any grid the levels can divide works); otherwise learned absolute row + column
+    embeddings for grids up to `max_grid` = (h, w). `num_classes` turns on class conditioning.
+    `num_outputs` (default num_tokens) sizes the output head, e.g. V logits from V + 1 input
+    tokens (a mask token) for absorbing diffusion.
     """
 
     def __init__(
@@ -304,57 +407,61 @@ class HourglassTransformerLM(nn.Module):
         ff_dropout=0.0,
         updown_sample_type="linear",
         attn_resampling=True,
+        attn_resampling_type="ours",
+        resampling_layout="2d",
         rotary_pos_emb=True,
         rotary_coords="integer",
+        rotary_layout="2d",
         num_classes=None,
         max_grid=None,
+        num_outputs=None,
     ):
         super().__init__()
         for name, value in (("num_tokens", num_tokens), ("dim", dim), ("heads", heads),
                             ("dim_head", dim_head), ("ff_mult", ff_mult)):
             if not (is_int(value) and value >= 1):
                 raise HourglassError(f"{name}={value!r}: expected a positive int")
-        if updown_sample_type not in UPDOWN_SAMPLE_TYPES:
-            raise HourglassError(f"updown_sample_type={updown_sample_type!r}: expected one of {UPDOWN_SAMPLE_TYPES}")
-        if rotary_pos_emb and rotary_coords not in COORDS:
-            raise HourglassError(f"rotary_coords={rotary_coords!r}: expected one of {COORDS}")
-        if rotary_pos_emb and dim_head % 4:
-            raise HourglassError(f"dim_head={dim_head}: 2D rotary embeddings need a multiple of 4")
+        for name, value, choices in (("updown_sample_type", updown_sample_type, UPDOWN_SAMPLE_TYPES),
+                                     ("attn_resampling_type", attn_resampling_type, RESAMPLING_TYPES),
+                                     ("resampling_layout", resampling_layout, RESAMPLING_LAYOUTS)):
+            if value not in choices:
+                raise HourglassError(f"{name}={value!r}: expected one of {choices}")
+        if rotary_pos_emb:
+            check_rotary(dim_head, rotary_coords, rotary_layout)
         if not rotary_pos_emb and not (
             isinstance(max_grid, Sequence) and len(max_grid) == 2 and all(is_int(n) and n >= 1 for n in max_grid)
         ):
             raise HourglassError(f"max_grid={max_grid!r}: learned positions (rotary_pos_emb=False) need (h, w)")
         if num_classes is not None and not (is_int(num_classes) and num_classes >= 1):
             raise HourglassError(f"num_classes={num_classes!r}: expected a positive int or None")
+        if num_outputs is not None and not (is_int(num_outputs) and num_outputs >= 1):
+            raise HourglassError(f"num_outputs={num_outputs!r}: expected a positive int or None")
         depth = parse_depth(depth)
-        factors = parse_shorten_factors(shorten_factor, count_levels(depth))
+        factors = parse_shorten_factors(shorten_factor, count_levels(depth), resampling_layout)
 
         self.num_tokens = num_tokens
+        self.num_outputs = num_outputs or num_tokens
         self.num_classes = num_classes
         self.depth = depth
         self.shorten_factors = factors
-        self.grid_multiple = math.prod(math.isqrt(k) for k in factors)  # grid sides must divide by it
+        # 2D patches: grid sides must divide by this; 1D runs have no such single number (level_grids)
+        self.grid_multiple = math.prod(math.isqrt(k) for k in factors) if resampling_layout == "2d" else None
         cfg = BlockConfig(dim, heads, dim_head, ff_mult, attn_dropout, ff_dropout,
-                          rotary_coords if rotary_pos_emb else None)
+                          rotary_coords if rotary_pos_emb else None, rotary_layout)
+        rcfg = ResamplingConfig(updown_sample_type, attn_resampling, attn_resampling_type, resampling_layout)
         self.token_emb = nn.Embedding(num_tokens, dim)
         self.class_emb = nn.Embedding(num_classes, dim) if num_classes is not None else None
         self.pos_emb = None if rotary_pos_emb else AxialPositionEmbedding(tuple(max_grid), dim)
-        self.stack = build_stack(depth, factors, cfg, updown_sample_type, attn_resampling)
+        self.stack = build_stack(depth, factors, cfg, rcfg)
         self.norm = nn.LayerNorm(dim)
-        self.to_logits = nn.Linear(dim, num_tokens)
+        self.to_logits = nn.Linear(dim, self.num_outputs)
         self.apply(init_weights)
 
     def level_grids(self, h, w):
         """The grid of each level, outermost first; a grid a level cannot pool evenly is an error."""
         grids, stack = [(h, w)], self.stack
         while isinstance(stack, HourglassLevel):
-            s = stack.s
-            if h % s or w % s:
-                raise HourglassError(
-                    f"hourglass level {stack.level}: grid {h}x{w} cannot be down-sampled by "
-                    f"shorten_factor {stack.shorten_factor} ({s}x{s} patches); both sides must divide by {s}"
-                )
-            h, w = h // s, w // s
+            h, w = stack.short_grid(h, w)
             grids.append((h, w))
             stack = stack.valley
         return grids
@@ -383,7 +490,7 @@ class HourglassTransformerLM(nn.Module):
             raise HourglassError(f"cond: class labels must lie in [0, {self.num_classes})")
 
     def forward(self, tokens, cond=None):
-        """tokens (B, h, w) long, cond (B,) long class labels -> logits (B, h, w, num_tokens)."""
+        """tokens (B, h, w) long, cond (B,) long class labels -> logits (B, h, w, num_outputs)."""
         self.check_inputs(tokens, cond)
         _, h, w = tokens.shape
         x = self.token_emb(tokens)  # (B, h, w, d)

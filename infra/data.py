@@ -13,12 +13,36 @@ def step_generator(seed, step, rank, device):
     return g
 
 
+def loader_generator(seed):
+    """The `generator` of a training or evaluation DataLoader. Each `iter()` of a DataLoader draws
+    one number (its workers' base seed) from its generator, by default from torch's global RNG,
+    which dropout also uses: a resumed run restores that RNG from the checkpoint and then creates
+    its iterator, a draw the uninterrupted run made before step 0, and every evaluation draws
+    once more. With a generator of their own the loaders leave the global RNG to the training
+    steps, and dropout after a resume is what it would have been."""
+    return torch.Generator().manual_seed(seed)
+
+
+# Lightning's note on every mid-epoch resume whose loader lacks state_dict/load_state_dict; a
+# StepBatchSampler's loader resumes from trainer.global_step instead (filter it around fit).
+RESUME_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
+
+
 class StepBatchSampler(torch.utils.data.Sampler):
     """Batches of indices as a pure function of (seed, step, rank).
 
     Step `s` takes the next `batch_size * world_size` indices of a per-epoch permutation and
     each rank keeps its own slice. Starting at `start_step` therefore resumes exactly where an
     interrupted run stopped, whichever process or machine it restarts on.
+
+    To Lightning the whole run is one epoch of `num_steps` batches, resumed or not: `len()` is
+    `num_steps`, and an iterator started at `start_step` yields the rest of that epoch, steps
+    `start_step .. num_steps - 1` (what Lightning expects of a resumable loader). On a mid-epoch
+    resume Lightning restores its count of the epoch's batches (`start_step`, or fewer in a
+    checkpoint of an older run), skips nothing in the loader, and ends the epoch when the count
+    reaches `len()`; the run still stops at max_steps, when this iterator is used up. With `len()`
+    the number of remaining steps, the epoch ended `start_step` batches before max_steps and the
+    next one iterated again from `start_step`: the last steps re-read earlier batches.
     """
 
     def __init__(self, dataset_size, batch_size, num_steps, seed=0, start_step=0, rank=0, world_size=1):
@@ -32,7 +56,7 @@ class StepBatchSampler(torch.utils.data.Sampler):
         return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
 
     def __len__(self):
-        return max(0, self.num_steps - self.start_step)
+        return self.num_steps
 
     def __iter__(self):
         global_batch = self.batch_size * self.world

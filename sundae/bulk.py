@@ -32,12 +32,16 @@ def sample_path(out_dir, index):
 
 
 def bulk_sample(prior, sampling, out_dir, nb_samples, batch_size=16, count_offset=0, class_idx=None,
-                seed=0, save_latents=None, npz=None, progress=True, procs=Processes()):
+                class_balanced=False, seed=0, save_latents=None, save_labels=None, npz=None, progress=True,
+                procs=Processes()):
     """Write this process's share of the samples as PNGs into `out_dir`; on rank 0, once every
     process is done, also the token grids (`save_latents`, see LatentRows), the ADM `npz` of all
-    samples (labels in arr_1 for class-conditional priors) and one summary.json merging every
-    process's. Returns the merged summary on rank 0 (this process's elsewhere)."""
+    samples (labels in arr_1 for class-conditional priors), the (N,) classes (`save_labels`) and
+    one summary.json merging every process's. Classes: `class_idx` for all, sample i gets class
+    i mod C with `class_balanced`, else random. Returns the merged summary on rank 0 (this
+    process's elsewhere)."""
     prior.check_class(class_idx)
+    classes = Classes(prior.num_classes, class_idx, class_balanced)
     out_dir = writable_dir(out_dir, "--out-dir")
     h, w = prior.latent_shape
     latents = None
@@ -55,7 +59,7 @@ def bulk_sample(prior, sampling, out_dir, nb_samples, batch_size=16, count_offse
         indices = range(count_offset + rows.start, count_offset + rows.stop)
         missing = [i for i in indices if not sample_path(out_dir, i).exists()]
         if missing or (latents is not None and not latents.complete(rows)):
-            _sample_batch(prior, sampling, out_dir, indices, missing, class_idx, seed, latents, rows, stats)
+            _sample_batch(prior, sampling, out_dir, indices, missing, classes, seed, latents, rows, stats)
         bar.update()
     bar.close()
 
@@ -66,18 +70,21 @@ def bulk_sample(prior, sampling, out_dir, nb_samples, batch_size=16, count_offse
     if latents is not None:
         latents.finish()
     indices = range(count_offset, count_offset + nb_samples)
+    labels = None if prior.num_classes is None else classes.of_job(prior, indices, batch_size, seed)
     if npz:
-        labels = None if prior.num_classes is None else batch_labels(prior, indices, batch_size, class_idx, seed)
         write_npz(npz, out_dir, indices, labels)
+    if save_labels and labels is not None:
+        with atomic_path(save_labels) as tmp, open(tmp, "wb") as f:
+            np.save(f, labels)
     summary = _summary(nb_samples, gathered, sampling)
     with atomic_path(out_dir / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=1))
     return summary
 
 
-def _sample_batch(prior, sampling, out_dir, indices, missing, class_idx, seed, latents, rows, stats):
+def _sample_batch(prior, sampling, out_dir, indices, missing, classes, seed, latents, rows, stats):
     g = batch_generator(prior, seed, indices[0])
-    cond = _cond(prior, len(indices), class_idx, g)
+    cond = classes.of_batch(indices, g, prior.device)
     t0 = time.perf_counter()
     result = sample(prior.model, prior.latent_shape, sampling, num_tokens=prior.num_tokens,
                     nb_samples=len(indices), cond=cond, generator=g, device=prior.device)
@@ -101,21 +108,28 @@ def batch_generator(prior, seed, first_index):
     return torch.Generator(device=prior.device).manual_seed(seed * 1_000_003 + first_index)
 
 
-def _cond(prior, n, class_idx, generator):
-    """The classes of a batch: the first draw of its generator (so they can be recomputed)."""
-    if prior.num_classes is None:
-        return None
-    if class_idx is not None:
-        return torch.full((n,), class_idx, device=prior.device)
-    return torch.randint(prior.num_classes, (n,), generator=generator, device=prior.device)
+class Classes:
+    """The class of each sample of a conditional prior: one fixed class, i mod C, or random (the
+    first draw of the batch's generator, so that they can be recomputed without sampling)."""
 
+    def __init__(self, num_classes, class_idx=None, balanced=False):
+        self.num_classes, self.class_idx, self.balanced = num_classes, class_idx, balanced
 
-def batch_labels(prior, indices, batch_size, class_idx, seed):
-    """(N,) the class of every sample of the job, recomputed without sampling anything."""
-    labels = [_cond(prior, min(batch_size, indices.stop - first), class_idx,
-                    batch_generator(prior, seed, first)).cpu()
-              for first in range(indices.start, indices.stop, batch_size)]
-    return torch.cat(labels).numpy()
+    def of_batch(self, indices, generator, device):
+        if self.num_classes is None:
+            return None
+        if self.class_idx is not None:
+            return torch.full((len(indices),), self.class_idx, device=device)
+        if self.balanced:
+            return torch.tensor(list(indices), device=device) % self.num_classes
+        return torch.randint(self.num_classes, (len(indices),), generator=generator, device=device)
+
+    def of_job(self, prior, indices, batch_size, seed):
+        """(N,) the classes of every sample of the job."""
+        batches = (range(first, min(first + batch_size, indices.stop))
+                   for first in range(indices.start, indices.stop, batch_size))
+        return torch.cat([self.of_batch(b, batch_generator(prior, seed, b[0]), prior.device).cpu()
+                          for b in batches]).numpy()
 
 
 def write_npz(path, out_dir, indices, labels=None, chunk=256):

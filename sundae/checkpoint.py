@@ -38,12 +38,22 @@ def model_weights(ckpt, use_ema=True):
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+# Settings that change what the model computes but not the shape of any weight, so that the
+# shape comparison cannot see them: compared by value.
+SHAPELESS_SETTINGS = [("net", "rotary_layout"), ("net", "rotary_coords"), ("net", "resampling_layout")]
+
+
 def check_fits(path, ckpt, cfg):
     """SundaeError, one line, when the checkpoint's model is not the model `cfg` builds."""
     shapes = _shapes(cfg)
-    if shapes == {k: tuple(v.shape) for k, v in model_weights(ckpt, use_ema=False).items()}:
-        return
     saved = _saved_config(path, ckpt)
+    if shapes == {k: tuple(v.shape) for k, v in model_weights(ckpt, use_ema=False).items()}:
+        for section, key in SHAPELESS_SETTINGS:
+            theirs, mine = getattr(getattr(saved, section), key), getattr(getattr(cfg, section), key)
+            if theirs != mine:
+                raise SundaeError(f"{path}: checkpoint was trained with {section}.{key} = {theirs!r}, "
+                                  f"but {cfg.path or 'the config'} has {mine!r}")
+        return
     for section, key in _settings(cfg):
         theirs = getattr(getattr(saved, section), key)
         mine = getattr(getattr(cfg, section), key)

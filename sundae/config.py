@@ -7,6 +7,8 @@ reader (infra.config) into these dataclasses. Defaults and ranges live here and 
     [vqgan]     config, checkpoint, latent_shape            (optional: image datasets only)
     [sampling]  steps, nb_samples, temperature, end_temperature, sample_proportion, ...
     [net]       type, dim, nb_heads, shorten_factor, depth, use_rotary, conditional, num_classes
+                (+ dim_head, rotary_layout, rotary_coords, attn_resampling_type, resampling_layout)
+    [evaluation] every, nb_samples, batch_size, reference_stats  (optional: metrics while training)
 """
 import dataclasses
 import math
@@ -73,22 +75,63 @@ class VQGANSection:
 
 @dataclass
 class NetConfig:
+    """[net]: the denoiser (hourglass_transformer.HourglassTransformerLM). The original's keys keep
+    their meaning; the architecture switches below default to ours, with the original selectable:
+
+    dim_head              width of one attention head; 64 as in the original and the hourglass
+                          reference (the attention's inner width is nb_heads * dim_head, not dim).
+    attn_resampling_type  "ours": down, the pooled vector attends to its patch; up, each token
+                          attends to the pre-valley tokens of its patch; both attention-only.
+                          "original": each resampling block is a full transformer layer (attention
+                          + feed-forward) and up-sampling attends to the patch's valley output.
+    resampling_layout     "2d": pool sqrt(k) x sqrt(k) patches; "1d": pool runs of k consecutive
+                          tokens of the raster-flattened grid (the paper's 1D hourglass).
+    use_rotary            true: rotary positions; false: learned absolute row + column embeddings.
+    rotary_layout         "2d": axial (rows, columns); "1d": over the raster order (index r*w + c).
+    rotary_coords         "integer": token indices, RoPE frequencies; "normalized": the original's
+                          coordinates on [-1, 1] with "pixel" frequencies up to (tokens per side)/2.
+    """
     type: Literal["hourglass", "vanilla", "transformer"] = "hourglass"
     dim: PositiveInt = 256
     nb_heads: PositiveInt = 8
-    dim_head: Optional[PositiveInt] = None  # default dim // nb_heads
+    dim_head: PositiveInt = 64  # a multiple of 4 with 2D rotary, of 2 with 1D rotary
     depth: Union[NonNegativeInt, list] = field(default_factory=lambda: [2, 8, 2])
-    shorten_factor: Union[PositiveInt, list[PositiveInt]] = 4
+    shorten_factor: Union[PositiveInt, list[PositiveInt]] = 4  # k per level; perfect squares for "2d"
     ff_mult: PositiveInt = 4
     attn_dropout: Probability = 0.0
     ff_dropout: Probability = 0.0
     use_rotary: bool = True
+    rotary_layout: Literal["2d", "1d"] = "2d"
+    rotary_coords: Literal["integer", "normalized"] = "integer"
     updown_sample_type: Literal["linear", "naive"] = "linear"
     attn_resampling: bool = True
+    attn_resampling_type: Literal["ours", "original"] = "ours"
+    resampling_layout: Literal["2d", "1d"] = "2d"
     conditional: bool = False
     num_classes: Optional[PositiveInt] = None
     use_scalenorm: bool = ignored(False, "every block uses LayerNorm")
     use_glu: bool = ignored(False, "feed-forwards use GELU")
+
+    def check(self, fail):
+        """The [net] checks that involve more than one key; `fail(message)` raises."""
+        multiple = 4 if self.rotary_layout == "2d" else 2
+        if self.use_rotary and self.dim_head % multiple:
+            fail(f"net.dim_head: expected a multiple of {multiple} with use_rotary = true and "
+                 f"rotary_layout = {self.rotary_layout!r}, got {self.dim_head}")
+        if self.conditional and self.num_classes is None:
+            fail("net.num_classes: required (>= 1) when net.conditional = true")
+
+
+@dataclass
+class EvaluationSection:
+    """[evaluation]: sample quality of the EMA model, measured during training (sundae.quality).
+    Token datasets are scored in the classifier feature space of evaluate.py (eval/fd,
+    eval/precision, eval/recall, ...); image datasets by FID against `reference_stats`."""
+    every: PositiveInt = 1             # at every `every`-th evaluation (every eval_frequency steps), and at max_steps when that is an evaluation step
+    nb_samples: PositiveInt = 1000     # class-balanced for conditional priors
+    batch_size: PositiveInt = 250
+    reference_stats: Optional[str] = None    # images: an Inception statistics file (evaluate.py --save-stats)
+    inception_weights: Optional[str] = None  # images: else $INCEPTION_WEIGHTS or torch hub's cache
 
 
 @dataclass
@@ -99,6 +142,7 @@ class Config:
     vqgan: Optional[VQGANSection] = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     net: NetConfig = field(default_factory=NetConfig)
+    evaluation: Optional[EvaluationSection] = None
     path: Optional[str] = field(default=None, init=False)  # the file it came from
 
     @property
@@ -175,10 +219,10 @@ def _normalise_and_validate(cfg, source):
         fail(f"data.split_sizes: expected [train, eval] or [train, eval, test] with train and eval > 0, "
              f"got {data.split_sizes}")
 
-    if net.dim_head is None and net.dim % net.nb_heads:
-        fail(f"net.dim ({net.dim}) must be divisible by net.nb_heads ({net.nb_heads}), or set dim_head")
-    if net.conditional and net.num_classes is None:
-        fail("net.num_classes: required (>= 1) when net.conditional = true")
+    net.check(fail)
+    if cfg.evaluation is not None and cfg.vqgan is not None and cfg.evaluation.reference_stats is None:
+        fail("evaluation.reference_stats: required for an image dataset (an Inception statistics file "
+             "of the reference images: evaluate.py IMAGES --save-stats FILE)")
 
     parts = PurePath(tr.exp_name).parts
     if not tr.exp_name or PurePath(tr.exp_name).is_absolute() or ".." in parts:

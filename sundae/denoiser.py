@@ -8,7 +8,8 @@ from sundae.errors import SundaeError
 
 def build_denoiser(cfg):
     """HourglassTransformerLM for `net.type = "hourglass"`; for "vanilla"/"transformer" the same
-    class with an integer depth (no down-sampling): one code path for both."""
+    class with an integer depth (no down-sampling): one code path for both. Every [net] key that
+    shapes the model is passed through (see NetConfig)."""
     net = cfg.net
     flat = isinstance(net.depth, int)
     if net.type == "hourglass" and flat:
@@ -29,13 +30,17 @@ def _backbone(cfg):
             depth=net.depth,
             shorten_factor=net.shorten_factor,
             heads=net.nb_heads,
-            dim_head=net.dim_head or net.dim // net.nb_heads,
+            dim_head=net.dim_head,
             ff_mult=net.ff_mult,
             attn_dropout=net.attn_dropout,
             ff_dropout=net.ff_dropout,
             updown_sample_type=net.updown_sample_type,
             attn_resampling=net.attn_resampling,
+            attn_resampling_type=net.attn_resampling_type,
+            resampling_layout=net.resampling_layout,
             rotary_pos_emb=net.use_rotary,
+            rotary_coords=net.rotary_coords,
+            rotary_layout=net.rotary_layout,
             num_classes=net.num_classes if net.conditional else None,
             max_grid=tuple(cfg.data.latent_shape),
         )

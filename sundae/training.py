@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from infra.data import StepBatchSampler, step_generator
+from infra.data import StepBatchSampler, loader_generator, step_generator
 from infra.images import save_png
 from infra.runs import check_parameters_finite, restore_rng_state, rng_state, stop_if_not_finite
 from sundae.data import collate
@@ -36,9 +36,9 @@ def lr_lambda(cfg):
 class SundaeModule(pl.LightningModule):
     """The denoiser, its EMA, the unrolled loss, evaluation and sample grids."""
 
-    def __init__(self, cfg, seed=0, run_dir=None, vqgan=None):
+    def __init__(self, cfg, seed=0, run_dir=None, vqgan=None, quality=None):
         super().__init__()
-        self.cfg, self.seed = cfg, seed
+        self.cfg, self.seed, self.quality = cfg, seed, quality
         self.run_dir = Path(run_dir) if run_dir else None
         self.vqgan = [vqgan]  # a list keeps the frozen decoder out of state_dict and .to()
         self.model = build_denoiser(cfg)
@@ -98,6 +98,15 @@ class SundaeModule(pl.LightningModule):
         for logger in self.loggers:
             if isinstance(logger, pl.loggers.WandbLogger):
                 logger.log_image("samples", [images], step=self.global_step)
+        if self.quality is not None and self._quality_due():
+            scores = self.quality.measure(self.sampling_model(), self.device, seed=self.seed + 3)
+            self.log_dict({f"eval/{k}": float(v) for k, v in scores.items()}, rank_zero_only=True)
+            if scores:
+                print(f"step {self.global_step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+
+    def _quality_due(self):
+        evaluation = self.global_step // self.cfg.trainer.eval_frequency
+        return evaluation % self.cfg.evaluation.every == 0 or self.global_step == self.cfg.trainer.max_steps
 
     @torch.no_grad()
     def sample_grid(self, path):
@@ -148,8 +157,10 @@ class LatentDataModule(pl.LightningDataModule):
                                    world_size=self.trainer.world_size)
         return torch.utils.data.DataLoader(self.train, batch_sampler=sampler, collate_fn=collate,
                                            num_workers=self.num_workers,
-                                           persistent_workers=self.num_workers > 0)
+                                           persistent_workers=self.num_workers > 0,
+                                           generator=loader_generator(self.seed))
 
     def val_dataloader(self):
         return torch.utils.data.DataLoader(self.evaluation, batch_size=self.batch_size, shuffle=False,
-                                           collate_fn=collate, num_workers=self.num_workers)
+                                           collate_fn=collate, num_workers=self.num_workers,
+                                           generator=loader_generator(self.seed))

@@ -88,6 +88,7 @@ unroll_steps = 2
     type = 'hourglass'
     dim = 32
     nb_heads = 2
+    dim_head = 16
     depth = [1, 1, 1]
     shorten_factor = 4
     conditional = true

@@ -3,7 +3,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from infra.data import StepBatchSampler, split_groups
+from infra.data import StepBatchSampler, loader_generator, split_groups
 from infra.images import UNREADABLE, ImageFiles, collate_skipping_unreadable, list_images, refusing_bombs
 from vqgan.errors import VQGANError
 
@@ -84,9 +84,11 @@ class ImageDataModule(pl.LightningDataModule):
                                    world_size=self.trainer.world_size)
         return torch.utils.data.DataLoader(
             self.train, batch_sampler=sampler, collate_fn=CollateImages(self.train.files),
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            generator=loader_generator(self.seed))
 
     def val_dataloader(self):
         return torch.utils.data.DataLoader(
             self.evaluation, batch_size=self.batch_size, shuffle=False,
-            collate_fn=CollateImages(self.evaluation.files), num_workers=self.num_workers)
+            collate_fn=CollateImages(self.evaluation.files), num_workers=self.num_workers,
+            generator=loader_generator(self.seed))

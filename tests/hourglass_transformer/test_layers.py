@@ -5,12 +5,16 @@ import pytest
 import torch
 from einops import rearrange
 
-from hourglass_transformer.model import Attention, BlockConfig, DownSample, UpSample
+from hourglass_transformer.model import Attention, BlockConfig, DownSample, Grouping, UpSample
 from hourglass_transformer.rotary import apply_rotary, axial_rotary
 
 
 def config(dim=16, heads=2, dim_head=8, rotary_coords="integer"):
     return BlockConfig(dim, heads, dim_head, ff_mult=2, attn_dropout=0.0, ff_dropout=0.0, rotary_coords=rotary_coords)
+
+
+def patches(s):
+    return Grouping("2d", s * s)
 
 
 def grid(b, h, w, d, seed=0):
@@ -35,7 +39,7 @@ def patch_of(i, j, s):
 @pytest.mark.parametrize("s", [2, 3])
 def test_down_sampling_pools_exactly_the_2d_patch_of_a_token(kind, attn_resampling, s):
     torch.manual_seed(0)
-    down = DownSample(kind, s, config(), attn_resampling).double()
+    down = DownSample(kind, patches(s), config(), attn_resampling).double()
     x = grid(1, 2 * s, 3 * s, 16)
     base = down(x)
     assert base.shape == (1, 2, 3, 16)
@@ -46,7 +50,7 @@ def test_down_sampling_pools_exactly_the_2d_patch_of_a_token(kind, attn_resampli
 
 
 def test_naive_down_sampling_is_the_patch_mean():
-    down = DownSample("naive", 2, config(), attn_resampling=False)
+    down = DownSample("naive", patches(2), config(), attn_resampling=False)
     x = grid(2, 4, 6, 16)
     want = x.reshape(2, 2, 2, 3, 2, 16).mean(dim=(2, 4))  # (b, h, p1, w, p2, d) -> (b, h, w, d)
     torch.testing.assert_close(down(x.float()), want.float())
@@ -54,7 +58,7 @@ def test_naive_down_sampling_is_the_patch_mean():
 
 def test_linear_down_sampling_projects_the_concatenated_patch():
     torch.manual_seed(0)
-    down = DownSample("linear", 2, config(), attn_resampling=False).double()
+    down = DownSample("linear", patches(2), config(), attn_resampling=False).double()
     x = grid(1, 4, 4, 16)
     patch = torch.cat([x[0, 2, 0], x[0, 2, 1], x[0, 3, 0], x[0, 3, 1]])  # row-major inside the patch
     torch.testing.assert_close(down(x)[0, 1, 0], down.proj(patch))
@@ -63,7 +67,7 @@ def test_linear_down_sampling_projects_the_concatenated_patch():
 @pytest.mark.parametrize("kind", ["linear", "naive"])
 def test_up_sampling_adds_the_valley_to_the_pre_valley_tokens(kind):
     torch.manual_seed(0)
-    up = UpSample(kind, 2, config(), attn_resampling=False).double()
+    up = UpSample(kind, patches(2), config(), attn_resampling=False).double()
     short, x = grid(1, 2, 3, 16, seed=1), grid(1, 4, 6, 16, seed=2)
     if kind == "linear":
         torch.nn.init.zeros_(up.proj.bias)
@@ -79,7 +83,7 @@ def test_up_sampling_adds_the_valley_to_the_pre_valley_tokens(kind):
 @pytest.mark.parametrize("s", [2, 3])
 def test_up_attention_resampling_attends_within_the_2d_patch(kind, s):
     torch.manual_seed(0)
-    up = UpSample(kind, s, config(), attn_resampling=True).double()
+    up = UpSample(kind, patches(s), config(), attn_resampling=True).double()
     short, x = grid(1, 2, 2, 16, seed=1), grid(1, 2 * s, 2 * s, 16, seed=2)
     base = up(short, x)
     for i, j in [(0, 0), (s, 2 * s - 1), (2 * s - 1, 1)]:

@@ -302,7 +302,7 @@ def test_torchrun_writes_the_samples_of_one_process_and_resumes(tiny_prior, tmp_
     assert two["arr_0"].shape == (10, 16, 16, 3) and two["arr_0"].dtype == np.uint8
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["sampled_now"] == 10 and sum(summary["steps_histogram"].values()) == 10
-    assert proc.stdout.count("wrote") == 2  # rank 0 alone reports (the npz and the folder)
+    assert proc.stdout.count("wrote") == 3  # rank 0 alone reports (npz, grids, folder)
 
     # resume under torchrun: a lost PNG of each process's batches, and the grids file not yet made
     for name in ("sample-000005.png", "sample-000009.png"):
@@ -324,3 +324,29 @@ def test_npz_labels_are_the_classes_the_samples_were_drawn_for(tiny_prior, tmp_p
         assert sorted(data.files) == ["arr_0", "arr_1"] and data["arr_1"].tolist() == [1] * 6
         first = np.asarray(Image.open(tmp_path / "s" / "sample-000000.png").convert("RGB"))
         np.testing.assert_array_equal(data["arr_0"][0], first)
+
+
+def test_evaluation_section_logs_sample_quality_while_training(tmp_path):
+    text = renamed(TINY_CONFIG, "quality") + "\n[evaluation]\n    every = 2\n    nb_samples = 12\n    batch_size = 8\n"
+    cfg = write_tiny_config(tmp_path, text)
+    proc = expect_ok(run_main("train.py", "--cfg-path", cfg))
+    run_dir = tmp_path / "runs" / "quality"
+    for column in ("eval/fd", "eval/precision", "eval/recall", "eval/coverage", "eval/cond_accuracy", "eval/mean_steps"):
+        assert [step for step, _ in metrics(run_dir, column)] == [19], column  # evaluations 1, 2: only the 2nd
+    assert all(0 <= v <= 1 for _, v in metrics(run_dir, "eval/cond_accuracy"))
+    assert 2 <= metrics(run_dir, "eval/mean_steps")[0][1] <= 6  # min_steps 2, steps 6
+    assert "step 20: fd " in proc.stdout
+    assert (tmp_path / "latents" / "evaluation-classifier.pt").is_file()  # trained on the train split, cached
+
+
+def test_class_balanced_samples_and_their_labels_file(tiny_prior, tmp_path):
+    expect_ok(run_main("sample.py", "--cfg-path", tiny_prior.cfg, "--resume", tiny_prior.last, "--nb-samples", 9,
+                       "--batch-size", 2, "--class-balanced", "--out-dir", tmp_path / "s",
+                       "--save-labels", tmp_path / "labels.npy", "--save-latents", tmp_path / "grids.npy",
+                       "--no-progress"))
+    assert np.load(tmp_path / "labels.npy").tolist() == [0, 1, 0, 1, 0, 1, 0, 1, 0]
+    proc = run_main("evaluate.py", tmp_path / "grids.npy", "--dataset", tiny_prior.data, "--labels",
+                    tmp_path / "labels.npy", "--sampling-summary", tmp_path / "s" / "summary.json",
+                    "--classifier-cache", tmp_path / "classifier.pt")
+    assert proc.returncode == 0, proc.stderr
+    assert "sampling: mean " in proc.stdout and "of at most 6 steps per sample" in proc.stdout

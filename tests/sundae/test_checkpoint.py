@@ -25,6 +25,9 @@ def edited(cfg, section, **values):
     ("net", {"num_classes": 3}, "net.num_classes = 2"),
     ("net", {"ff_mult": 2}, "net.ff_mult = 4"),
     ("data", {"vocab_size": 7}, "data.vocab_size = 5, but edited.toml has 7"),
+    # no weight changes shape with these: compared by value
+    ("net", {"rotary_coords": "normalized"}, "net.rotary_coords = 'integer', but edited.toml has 'normalized'"),
+    ("net", {"rotary_layout": "1d"}, "net.rotary_layout = '2d'"),
 ])
 def test_a_shape_changing_setting_is_named(tiny_prior, section, values, fragment):
     cfg = edited(load_config(tiny_prior.cfg), section, **values)

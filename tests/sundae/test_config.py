@@ -135,7 +135,7 @@ def drop(section, key):
     (lambda t: t["data"].update(split_sizes=[0.9]), ["data.split_sizes"]),
     (drop("net", "num_classes"), ["net.num_classes: required", "net.conditional"]),
     (lambda t: t["net"].update(type="lstm"), ["net.type", "'lstm'"]),
-    (lambda t: t["net"].update(dim=33), ["net.dim (33)", "net.nb_heads (2)"]),
+    (lambda t: t["net"].update(dim_head=6), ["net.dim_head: expected a multiple of 4", "got 6"]),
     (lambda t: t["net"].update(updown_sample_type="cubic"), ["net.updown_sample_type", "'cubic'"]),
     (lambda t: t["trainer"].update(lr_scheduler_name="step"), ["trainer.lr_scheduler_name", "'step'"]),
     (lambda t: t["trainer"].update(precision="64"), ["trainer.precision", "'64'"]),
