@@ -50,6 +50,7 @@ def main(argv=None):
     generator = torch.Generator().manual_seed(args.seed)
     regenerate = regenerate_mask((h * f, w * f), args.mask, args.block, args.random_blocks, generator)
     keep = latent_keep_mask(regenerate, f)
+    prior.type.check_keep_mask(keep)  # the autoregressive prior completes raster prefixes only
     print(f"regenerating {int((~keep).sum())} of {h * w} latent positions")
 
     for name, tokens, image, label in load_inputs(prior, args.images, args.dataset_rows, args.class_idx):

@@ -22,7 +22,7 @@ from sundae.config import load_config, replace_section, run_dir
 from sundae.data import open_splits
 from sundae.pretrained import load_config_vqgan
 from sundae.quality import SampleQuality
-from sundae.training import LatentDataModule, SundaeModule
+from sundae.training import LatentDataModule, PriorModule
 
 
 def parse_args(argv):
@@ -47,9 +47,9 @@ def main(argv=None):
     quality = SampleQuality(cfg, train, evaluation, vqgan) if cfg.evaluation else None
     if quality is not None:
         quality.check()
-    module = SundaeModule(cfg, seed=args.seed, run_dir=run_dir(cfg), vqgan=vqgan, quality=quality)
+    module = PriorModule(cfg, seed=args.seed, run_dir=run_dir(cfg), vqgan=vqgan, quality=quality)
     try:  # a grid the hourglass levels cannot divide fails here, before anything is written
-        module.model.level_grids(*cfg.data.latent_shape)
+        module.prior.check_grid(module.model)
     except UserError as e:
         raise UserError(f"{args.cfg_path}: [net] does not fit latent shape {cfg.data.latent_shape}: {e}") from None
 

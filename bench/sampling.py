@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sundae.checkpoint import load_denoiser  # noqa: E402
 from sundae.config import load_config  # noqa: E402
-from sundae.denoiser import build_denoiser  # noqa: E402
+from sundae.priors import build_denoiser  # noqa: E402
 from sundae.sampler import sample  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

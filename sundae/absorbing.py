@@ -5,7 +5,7 @@ with values in [0, V] and gives logits over the V real tokens:
 
     model(tokens (B, h, w) in [0, V], cond or None) -> logits (B, h, w, V)
 
-`MaskTokenDenoiser(HourglassTransformerLM(num_tokens=V + 1, ...))` is one such model.
+`HourglassTransformerLM(num_tokens=V + 1, num_outputs=V, ...)` is one such model.
 
 Forward process q(x_t | x_0): t ~ U{1..T} per sample, then every token is replaced by the mask
 independently with probability t/T (so x_T is all masks). T defaults to the number of tokens
@@ -42,27 +42,13 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch import nn
 
 from sundae.categorical import sample_categorical
 from sundae.errors import SundaeError
+from sundae.grids import cond_for, count, keep_mask_for, positive, start_grid
 from sundae.sampler import SampleResult
 
 LOSS_TYPES = ("reweighted_elbo", "elbo")
-
-
-class MaskTokenDenoiser(nn.Module):
-    """A backbone over V + 1 tokens (codebook + mask) as a denoiser: drops the mask token's logit.
-
-    backbone(tokens (B, h, w) in [0, V], cond) -> (B, h, w, V + 1); this module returns (B, h, w, V).
-    """
-
-    def __init__(self, backbone):
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, tokens, cond=None):
-        return self.backbone(tokens, cond)[..., :-1]
 
 
 # --- forward process -----------------------------------------------------------------------------
@@ -70,7 +56,7 @@ class MaskTokenDenoiser(nn.Module):
 
 def sample_timesteps(batch, num_timesteps, *, generator=None, device=None):
     """(batch,) LongTensor of t ~ U{1..T}, one per sample."""
-    _check_int("num_timesteps", num_timesteps, 1)
+    count("num_timesteps", num_timesteps)
     return torch.randint(1, num_timesteps + 1, (batch,), generator=generator, device=device)
 
 
@@ -121,7 +107,7 @@ def absorbing_loss(
     model(x_t (B, h, w) in [0, V], cond) -> logits (B, h, w, V), V = num_tokens; mask id = V.
     num_timesteps: T, default h*w. The ELBO estimate comes with every loss type.
     """
-    _check_int("num_tokens", num_tokens, 1)
+    count("num_tokens", num_tokens)
     t_steps = _timesteps(num_timesteps, tokens)
     t = sample_timesteps(tokens.shape[0], t_steps, generator=generator, device=tokens.device)
     noisy, mask = mask_tokens(tokens, t, t_steps, mask_id=num_tokens, generator=generator)
@@ -146,7 +132,7 @@ def elbo_bits_per_token(
     all_timesteps, the sum over every t = 1..T of CE(t)/t / (N ln 2) (T forwards, one mask draw
     each; Unleashing's `elbo`): exact in t, random only in the masks.
     """
-    _check_int("num_tokens", num_tokens, 1)
+    count("num_tokens", num_tokens)
     t_steps = _timesteps(num_timesteps, tokens)
     b, n = tokens.shape[0], tokens[0].numel()
     if not all_timesteps:
@@ -182,46 +168,18 @@ def masked_start(start, *, mask_id, nb_samples=None, keep_mask=None, device=None
     keep_mask's True entries (bool, (h, w) or (N, h, w)), or without keep_mask the positions
     that do not hold mask_id. Known positions must hold real tokens (< mask_id).
     """
-    if torch.is_tensor(start):
-        device = start.device if device is None else torch.device(device)
-        tokens = _with_batch(start.to(device=device, dtype=torch.long), nb_samples, "start tokens")
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() > mask_id):
-            raise SundaeError(f"start tokens must lie in [0, {mask_id}] ({mask_id} = masked), got values outside")
-        if keep_mask is None:
-            known = tokens != mask_id
-        else:
-            known = _with_batch(keep_mask.to(device=device, dtype=torch.bool), tokens.shape[0], "keep_mask")
-            if known.shape != tokens.shape:
-                raise SundaeError(
-                    f"keep_mask of shape {tuple(known.shape)} does not match the grid {tuple(tokens.shape)}")
-            if bool((tokens[known] == mask_id).any()):
-                raise SundaeError(f"keep_mask keeps a position whose start token is the mask ({mask_id})")
-        return torch.where(known, tokens, torch.full_like(tokens, mask_id)), known
-    device = torch.device("cpu") if device is None else torch.device(device)
-    shape = tuple(start)
-    if len(shape) == 2:
-        shape = (_nb_samples(nb_samples),) + shape
-    elif len(shape) != 3 or (nb_samples is not None and nb_samples != shape[0]):
-        raise SundaeError(f"start shape must be (h, w) with nb_samples or (N, h, w), got {shape}")
-    if keep_mask is not None:
-        raise SundaeError("keep_mask needs start tokens to keep, got only a shape")
-    tokens = torch.full(shape, mask_id, dtype=torch.long, device=device)
-    return tokens, torch.zeros(shape, dtype=torch.bool, device=device)
-
-
-def _with_batch(grid, nb_samples, what):
-    """(h, w) -> (nb_samples, h, w); (N, h, w) is returned (copied) if it agrees with nb_samples."""
-    if grid.dim() == 2:
-        return grid.expand(_nb_samples(nb_samples), *grid.shape).clone()
-    if grid.dim() != 3 or (nb_samples is not None and nb_samples != grid.shape[0]):
-        raise SundaeError(f"{what} must be (h, w) with nb_samples or (N, h, w), got shape "
-                          f"{tuple(grid.shape)} with nb_samples={nb_samples}")
-    return grid.clone()
-
-
-def _nb_samples(nb_samples):
-    _check_int("nb_samples", nb_samples, 1)
-    return nb_samples
+    tokens, shape, device = start_grid(start, nb_samples, device)
+    if tokens is None:
+        if keep_mask is not None:
+            keep_mask_for(keep_mask, tokens)  # says that a keep-mask needs start tokens
+        return torch.full(shape, mask_id, dtype=torch.long, device=device), torch.zeros(shape, dtype=torch.bool,
+                                                                                          device=device)
+    if tokens.numel() and (tokens.min() < 0 or tokens.max() > mask_id):
+        raise SundaeError(f"start tokens must lie in [0, {mask_id}] ({mask_id} = masked), got values outside")
+    known = tokens != mask_id if keep_mask is None else keep_mask_for(keep_mask, tokens)
+    if keep_mask is not None and bool((tokens[known] == mask_id).any()):
+        raise SundaeError(f"keep_mask keeps a position whose start token is the mask ({mask_id})")
+    return torch.where(known, tokens, torch.full_like(tokens, mask_id)), known
 
 
 # --- Unleashing's sampler ------------------------------------------------------------------------
@@ -251,13 +209,13 @@ def sample_absorbing(
     (<= steps). cond: None or a tensor with one row per sample. All randomness comes from
     `generator` (on `device`). history: [start, after step 1, ...], mask id = num_tokens.
     """
-    _check_int("num_tokens", num_tokens, 1)
-    _check_int("steps", steps, 1)
-    _check_positive("temperature", temperature)
+    count("num_tokens", num_tokens)
+    count("steps", steps)
+    positive("temperature", temperature)
     mask_id = num_tokens
     tokens, _ = masked_start(start, mask_id=mask_id, nb_samples=nb_samples, keep_mask=keep_mask, device=device)
     n, device = tokens.shape[0], tokens.device
-    cond = _check_cond(cond, n, device)
+    cond = cond_for(cond, n, device)
     steps_used = torch.zeros(n, dtype=torch.long, device=device)
     history = [tokens.clone()] if return_history else None
 
@@ -287,7 +245,7 @@ def maskgit_schedule(num_unknown, steps):
     one masked: n_k = min(n_{k-1}, max(1, min(n_{k-1} - 1, raw_k))), n_{-1} = N0; the last step
     decodes everything left, n_{steps-1} = 0.
     """
-    _check_int("steps", steps, 1)
+    count("steps", steps)
     num_unknown = num_unknown.to(torch.long)
     ratios = torch.arange(1, steps + 1, dtype=torch.float64, device=num_unknown.device) / steps  # (S,)
     raw = torch.floor(num_unknown[:, None].double() * torch.cos(math.pi / 2 * ratios)).long()  # (N, S)
@@ -329,15 +287,15 @@ def sample_maskgit(
     start/nb_samples/keep_mask: see `masked_start`; known tokens count as decoded from the start.
     MaskGIT's defaults: 8-16 steps, choice_temperature 4.5 (maskgit_class_cond_config.py).
     """
-    _check_int("num_tokens", num_tokens, 1)
-    _check_int("steps", steps, 1)
-    _check_positive("temperature", temperature)
+    count("num_tokens", num_tokens)
+    count("steps", steps)
+    positive("temperature", temperature)
     if not (_is_real(choice_temperature) and choice_temperature >= 0 and math.isfinite(choice_temperature)):
         raise SundaeError(f"maskgit choice_temperature must be a number >= 0, got {choice_temperature!r}")
     mask_id = num_tokens
     tokens, known = masked_start(start, mask_id=mask_id, nb_samples=nb_samples, keep_mask=keep_mask, device=device)
     n, device = tokens.shape[0], tokens.device
-    cond = _check_cond(cond, n, device)
+    cond = cond_for(cond, n, device)
     remaining = (~known).flatten(1).sum(dim=1)  # (N,)
     schedule = maskgit_schedule(remaining, steps)  # (N, S)
     steps_used = torch.zeros(n, dtype=torch.long, device=device)
@@ -388,7 +346,7 @@ def _checked(logits, num_tokens):
     if logits.shape[-1] != num_tokens:
         raise SundaeError(
             f"model gives {logits.shape[-1]} logits per position, expected num_tokens={num_tokens} "
-            "(the mask token gets no logit: wrap a V+1-output backbone in MaskTokenDenoiser)")
+            "(the mask token gets no logit: build the backbone with num_outputs=V)")
     return logits
 
 
@@ -397,27 +355,9 @@ def _timesteps(num_timesteps, tokens):
         raise SundaeError(f"tokens must be (B, h, w), got shape {tuple(tokens.shape)}")
     if num_timesteps is None:
         return tokens[0].numel()
-    _check_int("num_timesteps", num_timesteps, 1)
+    count("num_timesteps", num_timesteps)
     return num_timesteps
-
-
-def _check_cond(cond, n, device):
-    if cond is None:
-        return None
-    if cond.dim() == 0 or cond.shape[0] != n:
-        raise SundaeError(f"cond must have one row per sample ({n}), got shape {tuple(cond.shape)}")
-    return cond.to(device)
 
 
 def _is_real(value):
     return isinstance(value, Real) and not isinstance(value, bool)
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SundaeError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_positive(name, value):
-    if not (_is_real(value) and value > 0 and math.isfinite(value)):
-        raise SundaeError(f"{name} must be a number > 0, got {value!r}")

@@ -24,6 +24,7 @@ from einops import rearrange
 from sundae.absorbing import masked_start
 from sundae.categorical import sample_categorical
 from sundae.errors import SundaeError
+from sundae.grids import cond_for, count, positive
 from sundae.sampler import SampleResult
 
 
@@ -120,18 +121,13 @@ def sample_autoregressive(
     steps_used: the model forwards each sample took (h*w - the shortest prefix in the batch).
     history: [start, after each step], unknown positions = num_tokens.
     """
-    if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 1:
-        raise SundaeError(f"num_tokens must be an integer >= 1, got {num_tokens!r}")
-    if not (_is_real(temperature) and temperature > 0 and math.isfinite(temperature)):
-        raise SundaeError(f"temperature must be a number > 0, got {temperature!r}")
+    count("num_tokens", num_tokens)
+    positive("temperature", temperature)
     filter_logits(torch.zeros(1, 1), top_k=top_k, top_p=top_p)  # check the filter settings up front
     tokens, known = masked_start(start, mask_id=num_tokens, nb_samples=nb_samples, keep_mask=keep_mask, device=device)
     n, h, w = tokens.shape
     device = tokens.device
-    if cond is not None and (cond.dim() == 0 or cond.shape[0] != n):
-        raise SundaeError(f"cond must have one row per sample ({n}), got shape {tuple(cond.shape)}")
-    if cond is not None:
-        cond = cond.to(device)
+    cond = cond_for(cond, n, device)
     prefix = check_raster_prefix(known)  # (N,)
     first = int(prefix.min())  # the first position some sample must draw
     flat = rearrange(tokens, "n h w -> n (h w)").clone()  # (N, h*w), filled in place

@@ -24,7 +24,6 @@ from infra.files import atomic_path, writable_dir, writable_file
 from infra.images import to_unit
 from sundae.errors import SundaeError
 from sundae.latents import token_dtype
-from sundae.sampler import sample
 
 
 def sample_path(out_dir, index):
@@ -86,8 +85,7 @@ def _sample_batch(prior, sampling, out_dir, indices, missing, classes, seed, lat
     g = batch_generator(prior, seed, indices[0])
     cond = classes.of_batch(indices, g, prior.device)
     t0 = time.perf_counter()
-    result = sample(prior.model, prior.latent_shape, sampling, num_tokens=prior.num_tokens,
-                    nb_samples=len(indices), cond=cond, generator=g, device=prior.device)
+    result = prior.sample(prior.latent_shape, sampling, nb_samples=len(indices), cond=cond, generator=g)
     if prior.device.type == "cuda":
         torch.cuda.synchronize(prior.device)
     t1 = time.perf_counter()

@@ -12,7 +12,7 @@ import torch
 
 from infra.errors import UserError
 from sundae.config import config_from_dict
-from sundae.denoiser import build_denoiser
+from sundae.priors import build_denoiser
 from sundae.errors import SundaeError
 
 
@@ -45,8 +45,11 @@ SHAPELESS_SETTINGS = [("net", "rotary_layout"), ("net", "rotary_coords"), ("net"
 
 def check_fits(path, ckpt, cfg):
     """SundaeError, one line, when the checkpoint's model is not the model `cfg` builds."""
-    shapes = _shapes(cfg)
     saved = _saved_config(path, ckpt)
+    if saved.prior.type != cfg.prior.type:
+        raise SundaeError(f"{path}: a checkpoint of a {saved.prior.type} prior, but {cfg.path or 'the config'} "
+                          f"has prior.type = {cfg.prior.type!r}")
+    shapes = _shapes(cfg)
     if shapes == {k: tuple(v.shape) for k, v in model_weights(ckpt, use_ema=False).items()}:
         for section, key in SHAPELESS_SETTINGS:
             theirs, mine = getattr(getattr(saved, section), key), getattr(getattr(cfg, section), key)

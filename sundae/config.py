@@ -8,6 +8,7 @@ reader (infra.config) into these dataclasses. Defaults and ranges live here and 
     [sampling]  steps, nb_samples, temperature, end_temperature, sample_proportion, ...
     [net]       type, dim, nb_heads, shorten_factor, depth, use_rotary, conditional, num_classes
                 (+ dim_head, rotary_layout, rotary_coords, attn_resampling_type, resampling_layout)
+    [prior]     type ('sundae' | 'absorbing' | 'autoregressive') and that type's settings
     [evaluation] every, nb_samples, batch_size, reference_stats  (optional: metrics while training)
 """
 import dataclasses
@@ -123,6 +124,29 @@ class NetConfig:
 
 
 @dataclass
+class PriorSection:
+    """[prior]: which prior learns the latents (sundae.priors), and the settings of that type only."""
+    type: Literal["sundae", "absorbing", "autoregressive"] = "sundae"
+    # absorbing diffusion (Unleashing Transformers)
+    loss_type: Optional[Literal["reweighted_elbo", "elbo"]] = None  # default "reweighted_elbo"
+    num_timesteps: Optional[PositiveInt] = None  # T of the forward process; default h * w
+    decoder: Optional[Literal["unleashing", "maskgit"]] = None  # default "unleashing"
+    choice_temperature: Optional[NonNegativeFloat] = None  # MaskGIT's Gumbel scale; default 4.5
+    # autoregressive (Taming Transformers)
+    top_k: Optional[PositiveInt] = None  # default: no top-k filtering
+    top_p: Optional[Annotated[float, Range(0, 1, low_open=True)]] = None  # default: no nucleus filtering
+    use_cache: Optional[bool] = None  # the KV cache when sampling; default true
+
+    OPTIONS = {"sundae": (), "absorbing": ("loss_type", "num_timesteps", "decoder", "choice_temperature"),
+               "autoregressive": ("top_k", "top_p", "use_cache")}
+
+    def misplaced(self):
+        """(key, its type) of the first setting given that belongs to another prior type, or None."""
+        return next(((key, kind) for kind, keys in self.OPTIONS.items() if kind != self.type
+                     for key in keys if getattr(self, key) is not None), None)
+
+
+@dataclass
 class EvaluationSection:
     """[evaluation]: sample quality of the EMA model, measured during training (sundae.quality).
     Token datasets are scored in the classifier feature space of evaluate.py (eval/fd,
@@ -142,6 +166,7 @@ class Config:
     vqgan: Optional[VQGANSection] = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     net: NetConfig = field(default_factory=NetConfig)
+    prior: PriorSection = field(default_factory=PriorSection)
     evaluation: Optional[EvaluationSection] = None
     path: Optional[str] = field(default=None, init=False)  # the file it came from
 
@@ -220,6 +245,12 @@ def _normalise_and_validate(cfg, source):
              f"got {data.split_sizes}")
 
     net.check(fail)
+    if cfg.prior.misplaced():
+        key, kind = cfg.prior.misplaced()
+        fail(f"prior.{key}: a setting of type = '{kind}', but prior.type = '{cfg.prior.type}'")
+    if cfg.prior.type == "autoregressive" and net.type == "hourglass":
+        fail("net.type: prior.type = 'autoregressive' is a causal vanilla stack; set net.type = 'vanilla' "
+             "and an int net.depth (a causal hourglass is not implemented)")
     if cfg.evaluation is not None and cfg.vqgan is not None and cfg.evaluation.reference_stats is None:
         fail("evaluation.reference_stats: required for an image dataset (an Inception statistics file "
              "of the reference images: evaluate.py IMAGES --save-stats FILE)")

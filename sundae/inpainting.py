@@ -15,7 +15,6 @@ from sundae.discrete_datasets import quantise
 from sundae.errors import SundaeError
 from sundae.latents import LatentDataset, read_meta
 from sundae.masks import block_mask, grid_keep_mask_from_pixels, random_block_mask
-from sundae.sampler import sample
 
 
 def read_mask_image(path, size):
@@ -56,9 +55,8 @@ def inpaint(prior, tokens, keep, sampling, nb_samples, cond=None, generator=None
     device = prior.device
     if cond is not None:
         cond = torch.full((nb_samples,), int(cond), device=device)
-    result = sample(prior.model, tokens.to(device), sampling, num_tokens=prior.num_tokens,
-                    nb_samples=nb_samples, cond=cond, keep_mask=keep.to(device), generator=generator,
-                    device=device)
+    result = prior.sample(tokens.to(device), sampling, nb_samples=nb_samples, cond=cond,
+                          keep_mask=keep.to(device), generator=generator)
     return result.tokens
 
 

@@ -14,7 +14,7 @@ from infra.errors import UserError
 from infra.files import atomic_path
 from infra.images import save_png, to_unit
 from sundae.errors import SundaeError
-from sundae.sampler import SamplingConfig, sample
+from sundae.sampler import SamplingConfig
 
 MENU = """
   1) sample
@@ -130,9 +130,8 @@ class InteractiveSampler:
         if prior.num_classes is not None:
             cond = (torch.full((p.nb_samples,), p.class_idx, device=prior.device) if p.class_idx >= 0
                     else torch.randint(prior.num_classes, (p.nb_samples,), generator=g, device=prior.device))
-        result = sample(prior.model, prior.latent_shape, p.sampling(), num_tokens=prior.num_tokens,
-                        nb_samples=p.nb_samples, cond=cond, generator=g, device=prior.device,
-                        return_history=p.history)
+        result = prior.sample(prior.latent_shape, p.sampling(), nb_samples=p.nb_samples, cond=cond,
+                              generator=g, return_history=p.history)
         nrow = max(1, int(math.sqrt(p.nb_samples)))
         path = self.out_dir / f"sample-{self.count:04d}.png"
         save_png(prior.render(result.tokens), path, nrow=nrow)

@@ -8,11 +8,14 @@ import torch
 
 from infra.devices import default_device, resolve_device
 from sundae.checkpoint import load_denoiser
-from sundae.config import Config, load_config
+from sundae.config import Config, load_config, replace_section
 from sundae.errors import SundaeError
+from sundae.priors import PriorType, prior_type
 from sundae.render import render_tokens
 from vqgan import load_vqgan
 
+PRIOR_SAMPLING_FLAGS = {"--decoder": "decoder", "--choice-temperature": "choice_temperature",
+                        "--top-k": "top_k", "--top-p": "top_p"}
 SAMPLING_FLAGS = [  # (flag, SamplingConfig field, type)
     ("--steps", "steps", int),
     ("--temperature", "temperature", float),
@@ -36,6 +39,11 @@ def add_prior_args(parser, sampling_flags=True):
         for flag, field, kind in SAMPLING_FLAGS:
             group.add_argument(flag, type=kind, dest=field, default=None)
         group.add_argument("--no-early-stop", action="store_true", help="run every sample for all steps")
+        group = parser.add_argument_group("the prior type's sampling settings (defaults: the config's [prior])")
+        group.add_argument("--decoder", choices=["unleashing", "maskgit"], help="absorbing priors")
+        group.add_argument("--choice-temperature", type=float, help="absorbing priors, MaskGIT decoder")
+        group.add_argument("--top-k", type=int, help="autoregressive priors")
+        group.add_argument("--top-p", type=float, help="autoregressive priors")
 
 
 def sampling_config(section, args):
@@ -51,17 +59,25 @@ def sampling_config(section, args):
 
 
 def prior_from_args(args):
-    """The prior that add_prior_args' flags name."""
+    """The prior that add_prior_args' flags name, its [prior] sampling settings overridden."""
+    overrides = {key: getattr(args, key, None) for key in PRIOR_SAMPLING_FLAGS.values()}
     return load_prior(args.cfg_path, args.resume, device=args.device or default_device(),
-                      vqgan_device=args.vqgan_device)
+                      vqgan_device=args.vqgan_device, prior_overrides=overrides)
 
 
 @dataclass
-class Prior:
+class TrainedPrior:
+    """A trained prior ready to sample: its config, its type (sundae.priors), its model (EMA
+    weights, eval mode) and the VQ-GAN decoder of image datasets."""
     cfg: Config
+    type: PriorType
     model: torch.nn.Module
     vqgan: Optional[torch.nn.Module]
     device: torch.device
+
+    def sample(self, start, sampling, **kwargs):
+        """The prior type's sampler on this model (see PriorType.sample)."""
+        return self.type.sample(self.model, start, sampling, device=self.device, **kwargs)
 
     @property
     def latent_shape(self):
@@ -100,10 +116,15 @@ def load_config_vqgan(cfg, device="cpu"):
     return vqgan
 
 
-def load_prior(cfg_path, ckpt_path, device="cpu", vqgan_device=None):
-    """Load a config, its trained denoiser (EMA weights) and its VQ-GAN decoder if it has one."""
-    cfg = load_config(cfg_path)
+def load_prior(cfg_path, ckpt_path, device="cpu", vqgan_device=None, prior_overrides=None):
+    """Load a config, its trained model (EMA weights) and its VQ-GAN decoder if it has one."""
+    cfg = replace_section(load_config(cfg_path), "prior", **(prior_overrides or {}))
+    if cfg.prior.misplaced():
+        key, kind = cfg.prior.misplaced()
+        raise SundaeError(f"--{key.replace('_', '-')}: a setting of {kind} priors, but {cfg_path} trains "
+                          f"a {cfg.prior.type} prior")
     device = resolve_device(device)
     model = load_denoiser(ckpt_path, cfg, device=device)
     vqgan = load_config_vqgan(cfg, resolve_device(vqgan_device or "cpu"))
-    return Prior(cfg=cfg, model=model, vqgan=vqgan, device=device)
+    return TrainedPrior(cfg=cfg, type=prior_type(cfg), model=model, vqgan=vqgan, device=device)
+

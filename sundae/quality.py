@@ -14,7 +14,7 @@ from evaluation import metrics
 from evaluation.images import ImageArray, Inception, load_stats, resolve_weights
 from evaluation.tokens import CACHE_NAME, TokenEvaluator
 from infra.errors import UserError
-from sundae.sampler import sample
+from sundae.priors import prior_type
 
 
 def split_arrays(ds):
@@ -30,6 +30,7 @@ class SampleQuality:
 
     def __init__(self, cfg, train, evaluation, vqgan=None, log=print):
         self.cfg, self.section, self.vqgan, self.log = cfg, cfg.evaluation, vqgan, log
+        self.prior = prior_type(cfg)
         self.train, self.evaluation = train, evaluation
         self._scorer = None
 
@@ -58,9 +59,8 @@ class SampleQuality:
         for start in range(0, self.section.nb_samples, self.section.batch_size):
             n = min(self.section.batch_size, self.section.nb_samples - start)
             cond = None if labels is None else labels[start:start + n].to(device)
-            result = sample(model, tuple(self.cfg.data.latent_shape), self.cfg.sampling,
-                            num_tokens=self.cfg.data.vocab_size, nb_samples=n, cond=cond, generator=g,
-                            device=device)
+            result = self.prior.sample(model, tuple(self.cfg.data.latent_shape), self.cfg.sampling,
+                                       nb_samples=n, cond=cond, generator=g, device=device)
             chunks.append(result.tokens.cpu())
             steps.append(result.steps_used.cpu())
         return torch.cat(chunks), torch.cat(steps).float().mean().item()

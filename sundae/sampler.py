@@ -10,6 +10,7 @@ import torch
 from infra.config import PositiveFloat, PositiveInt, Range, check_fields, ignored
 from sundae.categorical import sample_categorical
 from sundae.errors import SundaeError
+from sundae.grids import cond_for, count, keep_mask_for, start_grid
 
 OpenUnit = Annotated[float, Range(0, 1, low_open=True)]  # (0, 1]
 
@@ -90,10 +91,7 @@ def sample(
     tokens, keep_mask = _starting_grid(start, num_tokens, nb_samples, keep_mask, generator, device)
     n = tokens.shape[0]
     device = tokens.device
-    if cond is not None and (cond.dim() == 0 or cond.shape[0] != n):
-        raise SundaeError(f"cond must have one row per sample ({n}), got shape {tuple(cond.shape)}")
-    if cond is not None:
-        cond = cond.to(device)
+    cond = cond_for(cond, n, device)
 
     temperatures = temperature_schedule(cfg).tolist()
     proportions = proportion_schedule(cfg).tolist()
@@ -130,48 +128,13 @@ def sample(
 
 def _starting_grid(start, num_tokens, nb_samples, keep_mask, generator, device):
     """Resolve `start` and `keep_mask` to an (N, h, w) LongTensor and an (N, h, w) mask or None."""
-    if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 1:
-        raise SundaeError(f"num_tokens must be an integer >= 1, got {num_tokens!r}")
-    if torch.is_tensor(start):
-        device = start.device if device is None else torch.device(device)
-        tokens = _with_batch(start.to(device=device, dtype=torch.long), nb_samples, "start tokens")
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= num_tokens):
-            raise SundaeError(f"start tokens must lie in [0, {num_tokens}), got values outside")
-    else:
-        device = torch.device("cpu") if device is None else torch.device(device)
-        shape = tuple(start)
-        if len(shape) == 2:
-            shape = (_nb_samples(nb_samples),) + shape
-        elif len(shape) != 3 or (nb_samples is not None and nb_samples != shape[0]):
-            raise SundaeError(f"start shape must be (h, w) with nb_samples or (N, h, w), got {shape}")
-        if keep_mask is not None:
-            raise SundaeError("keep_mask needs start tokens to keep, got only a shape")
-        tokens = torch.randint(num_tokens, shape, generator=generator, device=device)
-
+    count("num_tokens", num_tokens)
+    tokens, shape, device = start_grid(start, nb_samples, device)
+    if tokens is not None and tokens.numel() and (tokens.min() < 0 or tokens.max() >= num_tokens):
+        raise SundaeError(f"start tokens must lie in [0, {num_tokens}), got values outside")
     if keep_mask is None:
-        return tokens, None
-    keep_mask = _with_batch(keep_mask.to(device=device, dtype=torch.bool), tokens.shape[0], "keep_mask")
-    if keep_mask.shape != tokens.shape:
-        raise SundaeError(
-            f"keep_mask of shape {tuple(keep_mask.shape)} does not match the grid {tuple(tokens.shape)}"
-        )
-    noise = torch.randint(num_tokens, tokens.shape, generator=generator, device=device)
+        return (torch.randint(num_tokens, shape, generator=generator, device=device) if tokens is None
+                else tokens), None
+    keep_mask = keep_mask_for(keep_mask, tokens)
+    noise = torch.randint(num_tokens, shape, generator=generator, device=device)
     return torch.where(keep_mask, tokens, noise), keep_mask
-
-
-def _with_batch(grid, nb_samples, what):
-    """(h, w) -> (nb_samples, h, w); (N, h, w) is returned as is if it agrees with nb_samples."""
-    if grid.dim() == 2:
-        return grid.expand(_nb_samples(nb_samples), *grid.shape).clone()
-    if grid.dim() != 3 or (nb_samples is not None and nb_samples != grid.shape[0]):
-        raise SundaeError(
-            f"{what} must be (h, w) with nb_samples or (N, h, w), got shape {tuple(grid.shape)}"
-            f" with nb_samples={nb_samples}"
-        )
-    return grid.clone()
-
-
-def _nb_samples(nb_samples):
-    if isinstance(nb_samples, bool) or not isinstance(nb_samples, int) or nb_samples < 1:
-        raise SundaeError(f"nb_samples must be an integer >= 1, got {nb_samples!r}")
-    return nb_samples

@@ -12,10 +12,8 @@ from infra.data import StepBatchSampler, loader_generator, step_generator
 from infra.images import save_png
 from infra.runs import check_parameters_finite, restore_rng_state, rng_state, stop_if_not_finite
 from sundae.data import collate
-from sundae.denoiser import build_denoiser
-from sundae.loss import unrolled_loss
+from sundae.priors import prior_type
 from sundae.render import render_tokens
-from sundae.sampler import sample
 
 
 def lr_lambda(cfg):
@@ -33,15 +31,17 @@ def lr_lambda(cfg):
     return factor
 
 
-class SundaeModule(pl.LightningModule):
-    """The denoiser, its EMA, the unrolled loss, evaluation and sample grids."""
+class PriorModule(pl.LightningModule):
+    """A prior's model (any [prior] type: sundae.priors), its EMA, its loss, evaluation and sample
+    grids."""
 
     def __init__(self, cfg, seed=0, run_dir=None, vqgan=None, quality=None):
         super().__init__()
         self.cfg, self.seed, self.quality = cfg, seed, quality
         self.run_dir = Path(run_dir) if run_dir else None
         self.vqgan = [vqgan]  # a list keeps the frozen decoder out of state_dict and .to()
-        self.model = build_denoiser(cfg)
+        self.prior = prior_type(cfg)
+        self.model = self.prior.build_model()
         decay = cfg.trainer.ema_decay
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
                     if decay > 0 else None)
@@ -57,8 +57,7 @@ class SundaeModule(pl.LightningModule):
 
     def _loss(self, model, batch, generator):
         tokens, labels = batch
-        return unrolled_loss(model, tokens, self.cfg.unroll_steps, self._cond(labels), generator,
-                             num_tokens=self.cfg.data.vocab_size)
+        return self.prior.loss(model, tokens, self._cond(labels), generator)
 
     def training_step(self, batch, batch_idx):
         g = step_generator(self.seed, self.global_step, self.global_rank, self.device)
@@ -67,6 +66,7 @@ class SundaeModule(pl.LightningModule):
                            or self.global_step % self.cfg.trainer.log_frequency == 0)
         self.log("train/loss", out.loss, prog_bar=True)
         self.log("train/accuracy", out.accuracy, prog_bar=True)
+        self.log_dict({f"train/{k}": v for k, v in out.extra.items()})
         self.log("lr", self.optimizers().param_groups[0]["lr"])
         return out.loss
 
@@ -84,11 +84,13 @@ class SundaeModule(pl.LightningModule):
         out = self._loss(self.model, batch, g)
         self.log("eval/loss", out.loss, prog_bar=True)
         self.log("eval/accuracy", out.accuracy)
+        self.log_dict({f"eval/{k}": v for k, v in out.extra.items()})
         if self.ema is not None:
             g = step_generator(self.seed + 1, batch_idx, 0, self.device)
             ema = self._loss(self.ema.module, batch, g)
             self.log("eval/ema_loss", ema.loss)
             self.log("eval/ema_accuracy", ema.accuracy)
+            self.log_dict({f"eval/ema_{k}": v for k, v in ema.extra.items()})
 
     def on_validation_epoch_end(self):
         if self.trainer.sanity_checking or not self.trainer.is_global_zero or self.run_dir is None:
@@ -117,9 +119,8 @@ class SundaeModule(pl.LightningModule):
         if self.cfg.net.conditional:  # cycle through the classes
             cond = torch.arange(n, device=self.device) % self.cfg.net.num_classes
         g = torch.Generator(device=self.device).manual_seed(self.seed + 2)
-        result = sample(self.sampling_model(), tuple(self.cfg.data.latent_shape), s,
-                        num_tokens=self.cfg.data.vocab_size, nb_samples=n, cond=cond, generator=g,
-                        device=self.device)
+        result = self.prior.sample(self.sampling_model(), tuple(self.cfg.data.latent_shape), s, nb_samples=n,
+                                   cond=cond, generator=g, device=self.device)
         images = render_tokens(result.tokens, self.cfg.data.vocab_size, self.vqgan[0])
         save_png(images, path, nrow=max(1, int(math.sqrt(n))))
         return images

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 import sundae.absorbing
 from hourglass_transformer import HourglassTransformerLM
 from sundae.absorbing import (
-    MaskTokenDenoiser,
     absorbing_loss,
     elbo_bits_per_token,
     loss_per_sample,
@@ -339,9 +338,8 @@ def test_masked_start_reads_the_mask_token_as_unknown():
 
 def test_on_the_hourglass_backbone_with_a_mask_token(single_thread):
     torch.manual_seed(0)
-    backbone = HourglassTransformerLM(num_tokens=V + 1, dim=32, depth=(1, 1, 1), heads=2, dim_head=8,
-                                      ff_mult=2, num_classes=2)
-    model = MaskTokenDenoiser(backbone)
+    model = HourglassTransformerLM(num_tokens=V + 1, num_outputs=V, dim=32, depth=(1, 1, 1), heads=2,
+                                   dim_head=8, ff_mult=2, num_classes=2)
     data = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 0], [3, 4, 0, 1]]).expand(16, 4, 4)
     cond = torch.zeros(16, dtype=torch.long)
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)

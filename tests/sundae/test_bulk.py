@@ -3,7 +3,6 @@ is interrupted, so the finished file always equals a clean run's."""
 import numpy as np
 import pytest
 
-import sundae.bulk
 from sundae.bulk import bulk_sample
 from sundae.errors import SundaeError
 from sundae.pretrained import load_prior
@@ -21,9 +20,9 @@ def run(prior, out_dir, latents=None, nb_samples=6):
                        save_latents=latents, progress=False)
 
 
-def interrupted_after(monkeypatch, batches):
-    """Make the sampler raise Ctrl-C once `batches` batches have been drawn."""
-    calls, real = [], sundae.bulk.sample
+def interrupted_after(monkeypatch, prior, batches):
+    """Make the prior's sampler raise Ctrl-C once `batches` batches have been drawn."""
+    calls, real = [], prior.sample
 
     def flaky(*args, **kwargs):
         if len(calls) == batches:
@@ -31,7 +30,7 @@ def interrupted_after(monkeypatch, batches):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sundae.bulk, "sample", flaky)
+    monkeypatch.setattr(prior, "sample", flaky)
 
 
 @pytest.mark.parametrize("interrupt_after", [0, 1, 2])
@@ -41,7 +40,7 @@ def test_latents_after_a_png_only_run_and_a_kill_equal_a_clean_run(prior, tmp_pa
     clean = np.load(tmp_path / "clean.npy")
 
     run(prior, tmp_path / "out")  # every PNG exists, no grids recorded
-    interrupted_after(monkeypatch, interrupt_after)
+    interrupted_after(monkeypatch, prior, interrupt_after)
     with pytest.raises(KeyboardInterrupt):
         run(prior, tmp_path / "out", tmp_path / "grids.npy")
     monkeypatch.undo()

@@ -12,7 +12,7 @@ from hourglass_transformer.model import Block, PatchAttention
 from infra.errors import UserError
 from sundae.checkpoint import check_fits, read_checkpoint
 from sundae.config import config_from_dict, load_config
-from sundae.denoiser import build_denoiser
+from sundae.priors import build_denoiser
 from sundae.errors import SundaeError
 from tests.helpers import TINY_CONFIG
 
