@@ -45,6 +45,7 @@ def main(argv=None):
     prior = prior_from_args(args)
     prior.check_class(args.class_idx)
     sampling = sampling_config(prior.cfg.sampling, args)
+    prior.check_sampling(sampling)
     f = prior.vqgan.downsample_factor if prior.vqgan is not None else 1
     h, w = prior.latent_shape
     generator = torch.Generator().manual_seed(args.seed)

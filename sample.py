@@ -62,6 +62,7 @@ def main(argv=None):
     if prior.num_classes is None and (args.class_balanced or args.save_labels):
         raise SundaeError(f"--class-balanced / --save-labels: the prior of {args.cfg_path} is not class-conditional")
     sampling = sampling_config(prior.cfg.sampling, args)
+    prior.check_sampling(sampling)
     nb_samples = args.nb_samples or prior.cfg.sampling.nb_samples
     with process_group(procs, prior.device):
         summary = bulk_sample(prior, sampling, args.out_dir, nb_samples, batch_size=args.batch_size,

@@ -110,6 +110,9 @@ class NetConfig:
     resampling_layout: Literal["2d", "1d"] = "2d"
     conditional: bool = False
     num_classes: Optional[PositiveInt] = None
+    # classifier-free guidance: in training each label is replaced by a null class (id num_classes)
+    # with this probability, so [sampling] guidance_scale can mix conditional and unconditional
+    cond_drop_prob: Probability = 0.0
     use_scalenorm: bool = ignored(False, "every block uses LayerNorm")
     use_glu: bool = ignored(False, "feed-forwards use GELU")
 
@@ -121,6 +124,8 @@ class NetConfig:
                  f"rotary_layout = {self.rotary_layout!r}, got {self.dim_head}")
         if self.conditional and self.num_classes is None:
             fail("net.num_classes: required (>= 1) when net.conditional = true")
+        if self.cond_drop_prob > 0 and not self.conditional:
+            fail("net.cond_drop_prob: classifier-free guidance needs net.conditional = true")
 
 
 @dataclass

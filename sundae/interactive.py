@@ -33,6 +33,8 @@ class Params:
     end_sample_proportion: float
     min_steps: int
     early_stop: bool = True
+    guidance_scale: float = 1.0
+    end_guidance_scale: float = 1.0
     history: bool = False
     class_idx: int = -1  # -1: random classes (conditional models)
     seed: int = 0
@@ -44,7 +46,9 @@ class Params:
                    end_temperature=s.end_temperature or s.temperature,
                    sample_proportion=s.sample_proportion,
                    end_sample_proportion=s.end_sample_proportion or s.sample_proportion,
-                   min_steps=s.min_steps, early_stop=s.early_stop, seed=seed)
+                   min_steps=s.min_steps, early_stop=s.early_stop, guidance_scale=s.guidance_scale,
+                   end_guidance_scale=s.guidance_scale if s.end_guidance_scale is None else s.end_guidance_scale,
+                   seed=seed)
 
     def sampling(self):
         fields = {f.name for f in dataclasses.fields(SamplingConfig) if f.init}

@@ -23,6 +23,8 @@ SAMPLING_FLAGS = [  # (flag, SamplingConfig field, type)
     ("--sample-proportion", "sample_proportion", float),
     ("--end-sample-proportion", "end_sample_proportion", float),
     ("--min-steps", "min_steps", int),
+    ("--guidance-scale", "guidance_scale", float),
+    ("--end-guidance-scale", "end_guidance_scale", float),
 ]
 
 
@@ -50,7 +52,8 @@ def sampling_config(section, args):
     """The config's [sampling] with the command line's overrides (checked like the file's)."""
     values = {field: getattr(args, field) for _, field, _ in SAMPLING_FLAGS if getattr(args, field, None) is not None}
     # A start value given on the command line without its end value means a constant schedule.
-    for start, end in (("temperature", "end_temperature"), ("sample_proportion", "end_sample_proportion")):
+    for start, end in (("temperature", "end_temperature"), ("sample_proportion", "end_sample_proportion"),
+                       ("guidance_scale", "end_guidance_scale")):
         if start in values and end not in values:
             values[end] = values[start]
     if getattr(args, "no_early_stop", False):
@@ -78,6 +81,11 @@ class TrainedPrior:
     def sample(self, start, sampling, **kwargs):
         """The prior type's sampler on this model (see PriorType.sample)."""
         return self.type.sample(self.model, start, sampling, device=self.device, **kwargs)
+
+    def check_sampling(self, sampling):
+        """SundaeError, before any sampling, for settings this prior cannot sample with."""
+        cond = torch.zeros(1, dtype=torch.long) if self.num_classes is not None else None
+        self.type.guided(self.model, sampling, cond)
 
     @property
     def latent_shape(self):

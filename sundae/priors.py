@@ -29,13 +29,30 @@ from sundae.absorbing import absorbing_loss, sample_absorbing, sample_maskgit
 from sundae.autoregressive import autoregressive_loss, check_raster_prefix, sample_autoregressive
 from sundae.errors import SundaeError
 from sundae.loss import unrolled_loss
-from sundae.sampler import sample
+from sundae.sampler import guidance_schedule, sample
 
 
 class StepLoss(NamedTuple):
     loss: torch.Tensor  # scalar: what the optimiser minimises
     accuracy: torch.Tensor  # scalar: argmax predictions equal to the clean tokens (where predicted)
     extra: dict  # {name: scalar tensor} logged beside them (e.g. the ELBO in bits per token)
+
+
+class Guided(torch.nn.Module):
+    """Classifier-free guidance around a conditional model, for the samplers: one batched forward
+    of [x with its classes; x with the null class] per call, giving uncond + s * (cond - uncond),
+    with s the step's scale (call k of the sampler is its step k)."""
+
+    def __init__(self, model, scales, null_class):
+        super().__init__()
+        self.model, self.scales, self.null_class, self.calls = model, scales.tolist(), null_class, 0
+
+    def forward(self, tokens, cond):  # (A, h, w), (A,) -> (A, h, w, V)
+        null = torch.full_like(cond, self.null_class)
+        conditional, unconditional = self.model(torch.cat([tokens, tokens]), torch.cat([cond, null])).chunk(2)
+        scale = self.scales[min(self.calls, len(self.scales) - 1)]
+        self.calls += 1
+        return unconditional + scale * (conditional - unconditional)
 
 
 class PriorType:
@@ -46,6 +63,34 @@ class PriorType:
     def __init__(self, cfg):
         self.cfg = cfg
         self.num_tokens = cfg.data.vocab_size
+        net = cfg.net
+        self.num_classes = net.num_classes if net.conditional else None
+        # the null class of classifier-free guidance: one more class embedding, id num_classes
+        self.null_class = net.num_classes if net.conditional and net.cond_drop_prob > 0 else None
+
+    @property
+    def model_classes(self):
+        return None if self.num_classes is None else self.num_classes + (self.null_class is not None)
+
+    def drop_classes(self, labels, generator):
+        """Training labels with each replaced by the null class with probability cond_drop_prob
+        (drawn from the step's generator, so a resumed run drops the same ones)."""
+        if self.null_class is None:
+            return labels
+        drop = torch.rand(labels.shape, generator=generator, device=labels.device) < self.cfg.net.cond_drop_prob
+        return torch.where(drop, torch.full_like(labels, self.null_class), labels)
+
+    def guided(self, model, sampling, cond):
+        """`model`, or the guided model when the sampling settings ask for guidance."""
+        if sampling.guidance_scale == 1 and sampling.end_guidance_scale in (None, 1):
+            return model
+        if cond is None or self.null_class is None:
+            raise SundaeError("sampling.guidance_scale: classifier-free guidance needs a class-conditional "
+                              "prior trained with net.cond_drop_prob > 0")
+        if self.name == "autoregressive":
+            raise SundaeError("sampling.guidance_scale: classifier-free guidance is implemented for the "
+                              "sundae and absorbing priors")
+        return Guided(model, guidance_schedule(sampling), self.null_class)
 
     def build_model(self):
         with torch.device("meta"):  # count first: shapes only, no memory
@@ -86,7 +131,7 @@ class PriorType:
                 updown_sample_type=net.updown_sample_type, attn_resampling=net.attn_resampling,
                 attn_resampling_type=net.attn_resampling_type, resampling_layout=net.resampling_layout,
                 rotary_pos_emb=net.use_rotary, rotary_coords=net.rotary_coords, rotary_layout=net.rotary_layout,
-                num_classes=net.num_classes if net.conditional else None, max_grid=tuple(self.cfg.data.latent_shape))
+                num_classes=self.model_classes, max_grid=tuple(self.cfg.data.latent_shape))
         except HourglassError as e:  # e.g. a shorten factor that is not a perfect square
             raise SundaeError(f"[net]: {e}") from None
 
@@ -102,6 +147,7 @@ class Sundae(PriorType):
         return StepLoss(out.loss, out.accuracy, {})
 
     def sample(self, model, start, sampling, **kwargs):
+        model = self.guided(model, sampling, kwargs.get("cond"))
         return sample(model, start, sampling, num_tokens=self.num_tokens, **kwargs)
 
 
@@ -119,6 +165,7 @@ class Absorbing(PriorType):
 
     def sample(self, model, start, sampling, **kwargs):
         p = self.cfg.prior
+        model = self.guided(model, sampling, kwargs.get("cond"))
         if (p.decoder or "unleashing") == "maskgit":
             choice = 4.5 if p.choice_temperature is None else p.choice_temperature
             return sample_maskgit(model, start, num_tokens=self.num_tokens, steps=sampling.steps,
@@ -140,7 +187,7 @@ class Autoregressive(PriorType):
                 num_tokens=self.num_tokens, dim=net.dim, depth=net.depth, heads=net.nb_heads,
                 dim_head=net.dim_head, ff_mult=net.ff_mult, attn_dropout=net.attn_dropout,
                 ff_dropout=net.ff_dropout, rotary_pos_emb=net.use_rotary, rotary_coords=net.rotary_coords,
-                num_classes=net.num_classes if net.conditional else None, max_grid=tuple(self.cfg.data.latent_shape))
+                num_classes=self.model_classes, max_grid=tuple(self.cfg.data.latent_shape))
         except HourglassError as e:
             raise SundaeError(f"[net]: {e}") from None
 
@@ -150,6 +197,7 @@ class Autoregressive(PriorType):
 
     def sample(self, model, start, sampling, **kwargs):
         p = self.cfg.prior
+        self.guided(model, sampling, kwargs.get("cond"))  # refused: not implemented with a KV cache
         return sample_autoregressive(model, start, num_tokens=self.num_tokens, temperature=sampling.temperature,
                                      top_k=p.top_k, top_p=p.top_p, use_cache=p.use_cache is not False, **kwargs)
 

@@ -7,7 +7,7 @@ from typing import Annotated, NamedTuple, Optional
 
 import torch
 
-from infra.config import PositiveFloat, PositiveInt, Range, check_fields, ignored
+from infra.config import NonNegativeFloat, PositiveFloat, PositiveInt, Range, check_fields, ignored
 from sundae.categorical import sample_categorical
 from sundae.errors import SundaeError
 from sundae.grids import cond_for, count, keep_mask_for, start_grid
@@ -31,6 +31,11 @@ class SamplingConfig:
     min_steps: PositiveInt = 10  # no sample freezes before it has used this many steps
     early_stop: bool = True
     nb_samples: PositiveInt = 16  # how many to draw by default (sample.py, training grids)
+    # classifier-free guidance (priors trained with net.cond_drop_prob > 0): logits = uncond +
+    # scale * (cond - uncond), the scale linear from guidance_scale to end_guidance_scale over the
+    # steps; 1 is the conditional model alone
+    guidance_scale: NonNegativeFloat = 1.0
+    end_guidance_scale: Optional[NonNegativeFloat] = None
     sample_frequency: Optional[int] = ignored(None, "every evaluation draws a sample grid")
 
     def __post_init__(self):
@@ -41,6 +46,12 @@ def temperature_schedule(cfg):
     """(steps,) float64: the temperature of each step, linear from start to end inclusive."""
     end = cfg.temperature if cfg.end_temperature is None else cfg.end_temperature
     return torch.linspace(cfg.temperature, end, cfg.steps, dtype=torch.float64)
+
+
+def guidance_schedule(cfg):
+    """(steps,) float64: the guidance scale of each step, linear from start to end inclusive."""
+    end = cfg.guidance_scale if cfg.end_guidance_scale is None else cfg.end_guidance_scale
+    return torch.linspace(cfg.guidance_scale, end, cfg.steps, dtype=torch.float64)
 
 
 def proportion_schedule(cfg):

@@ -55,13 +55,16 @@ class PriorModule(pl.LightningModule):
     def _cond(self, labels):
         return labels if self.cfg.net.conditional else None
 
-    def _loss(self, model, batch, generator):
+    def _loss(self, model, batch, generator, drop_classes=False):
         tokens, labels = batch
-        return self.prior.loss(model, tokens, self._cond(labels), generator)
+        cond = self._cond(labels)
+        if drop_classes and cond is not None:  # classifier-free guidance's null class, in training only
+            cond = self.prior.drop_classes(cond, generator)
+        return self.prior.loss(model, tokens, cond, generator)
 
     def training_step(self, batch, batch_idx):
         g = step_generator(self.seed, self.global_step, self.global_rank, self.device)
-        out = self._loss(self.model, batch, g)
+        out = self._loss(self.model, batch, g, drop_classes=True)
         stop_if_not_finite(out.loss, self.global_step + 1, check_now=self.device.type == "cpu"
                            or self.global_step % self.cfg.trainer.log_frequency == 0)
         self.log("train/loss", out.loss, prog_bar=True)

@@ -350,3 +350,17 @@ def test_class_balanced_samples_and_their_labels_file(tiny_prior, tmp_path):
                     "--classifier-cache", tmp_path / "classifier.pt")
     assert proc.returncode == 0, proc.stderr
     assert "sampling: mean " in proc.stdout and "of at most 6 steps per sample" in proc.stdout
+
+
+def test_classifier_free_guidance_end_to_end(tmp_path):
+    text = renamed(TINY_CONFIG, "cfg").replace("    num_classes = 2\n", "    num_classes = 2\n    cond_drop_prob = 0.2\n")
+    cfg = write_tiny_config(tmp_path, text.replace("max_steps = 20", "max_steps = 10"))
+    expect_ok(run_main("train.py", "--cfg-path", cfg))
+    ckpt = tmp_path / "runs" / "cfg" / "checkpoints" / "last.ckpt"
+    assert load(ckpt)["state_dict"]["model.class_emb.weight"].shape[0] == 3  # the null class
+    proc = expect_ok(run_main("sample.py", "--cfg-path", cfg, "--resume", ckpt, "--nb-samples", 4, "--class-idx", 1,
+                              "--guidance-scale", 3, "--end-guidance-scale", 1, "--out-dir", tmp_path / "s",
+                              "--no-progress"))
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["sampling"]["guidance_scale"] == 3 and summary["sampling"]["end_guidance_scale"] == 1
+    assert "4 samples" in proc.stdout
