@@ -33,6 +33,8 @@ class Params:
     end_sample_proportion: float
     min_steps: int
     early_stop: bool = True
+    freeze_threshold: float = 0.0
+    freeze_patience: int = 1
     guidance_scale: float = 1.0
     end_guidance_scale: float = 1.0
     history: bool = False
@@ -46,7 +48,8 @@ class Params:
                    end_temperature=s.end_temperature or s.temperature,
                    sample_proportion=s.sample_proportion,
                    end_sample_proportion=s.end_sample_proportion or s.sample_proportion,
-                   min_steps=s.min_steps, early_stop=s.early_stop, guidance_scale=s.guidance_scale,
+                   min_steps=s.min_steps, early_stop=s.early_stop, freeze_threshold=s.freeze_threshold,
+                   freeze_patience=s.freeze_patience, guidance_scale=s.guidance_scale,
                    end_guidance_scale=s.guidance_scale if s.end_guidance_scale is None else s.end_guidance_scale,
                    seed=seed)
 

@@ -23,6 +23,8 @@ SAMPLING_FLAGS = [  # (flag, SamplingConfig field, type)
     ("--sample-proportion", "sample_proportion", float),
     ("--end-sample-proportion", "end_sample_proportion", float),
     ("--min-steps", "min_steps", int),
+    ("--freeze-threshold", "freeze_threshold", float),
+    ("--freeze-patience", "freeze_patience", int),
     ("--guidance-scale", "guidance_scale", float),
     ("--end-guidance-scale", "end_guidance_scale", float),
 ]

@@ -7,7 +7,7 @@ from typing import Annotated, NamedTuple, Optional
 
 import torch
 
-from infra.config import NonNegativeFloat, PositiveFloat, PositiveInt, Range, check_fields, ignored
+from infra.config import NonNegativeFloat, PositiveFloat, PositiveInt, Range, UnitFloat, check_fields, ignored
 from sundae.categorical import sample_categorical
 from sundae.errors import SundaeError
 from sundae.grids import cond_for, count, keep_mask_for, start_grid
@@ -30,6 +30,11 @@ class SamplingConfig:
     end_sample_proportion: Optional[OpenUnit] = None
     min_steps: PositiveInt = 10  # no sample freezes before it has used this many steps
     early_stop: bool = True
+    # Freezing rule: a step is "quiet" for a sample when it changes at most this fraction of its
+    # tokens, and a sample freezes after `freeze_patience` quiet steps in a row. The paper's rule,
+    # the default, is 0 and 1: freeze after one step that changes nothing.
+    freeze_threshold: UnitFloat = 0.0
+    freeze_patience: PositiveInt = 1
     nb_samples: PositiveInt = 16  # how many to draw by default (sample.py, training grids)
     # classifier-free guidance (priors trained with net.cond_drop_prob > 0): logits = uncond +
     # scale * (cond - uncond), the scale linear from guidance_scale to end_guidance_scale over the
@@ -92,9 +97,10 @@ def sample(
 
     Step t (0-based) draws x' ~ softmax(model(x) / temperature_t) and takes x' at each free
     position with probability proportion_t. Freezing: a sample is frozen after step t if
-    t + 1 >= min_steps and step t changed none of its tokens; a frozen sample leaves the batch
-    (the model is called on the remaining rows only) and keeps its grid. With early_stop off
-    nothing freezes and every sample uses `steps` steps.
+    t + 1 >= min_steps and its last `freeze_patience` steps each changed at most
+    `freeze_threshold` of its tokens (the paper: one step that changed none); a frozen sample
+    leaves the batch (the model is called on the remaining rows only) and keeps its grid. With
+    early_stop off nothing freezes and every sample uses `steps` steps.
 
     All randomness comes from `generator` (which must live on `device`), so a seeded CPU run is
     reproducible. device defaults to start's device for tensors, else CPU.
@@ -107,6 +113,7 @@ def sample(
     temperatures = temperature_schedule(cfg).tolist()
     proportions = proportion_schedule(cfg).tolist()
     steps_used = torch.zeros(n, dtype=torch.long, device=device)
+    quiet_run = torch.zeros(n, dtype=torch.long, device=device)  # quiet steps in a row, per sample
     active = torch.arange(n, device=device)  # indices of the samples still being denoised
     history = [tokens.clone()] if return_history else None
 
@@ -128,11 +135,13 @@ def sample(
         if return_history:
             history.append(tokens.clone())
 
-        if cfg.early_stop and step + 1 >= cfg.min_steps:
-            changed = (updated != current).flatten(1).any(dim=1)  # (A,)
-            active = active[changed]  # the one host sync per step
-            if active.numel() == 0:
-                break
+        if cfg.early_stop:
+            changed = (updated != current).flatten(1).float().mean(dim=1)  # (A,) fraction of tokens
+            quiet_run[active] = torch.where(changed <= cfg.freeze_threshold, quiet_run[active] + 1, 0)
+            if step + 1 >= cfg.min_steps:
+                active = active[quiet_run[active] < cfg.freeze_patience]  # the one host sync per step
+                if active.numel() == 0:
+                    break
 
     return SampleResult(tokens, steps_used, history)
 

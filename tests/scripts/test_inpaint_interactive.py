@@ -106,7 +106,7 @@ def test_interactive_menu(tmp_path, tiny_prior):
     session = InteractiveSampler(prior, params, tmp_path / "inter", say=said.append, ask=scripted([
         "2",                     # repeat before any sample: refused politely
         "x",                     # not a menu choice: asked again
-        "3", "", "3", "abc", "0.9", "", "-1", "", "", "", "", "", "", "yes", "9", "", "",  # edit (bad values re-asked)
+        "3", "", "3", "abc", "0.9", "", "-1", "", "", "", "", "", "", "", "", "yes", "9", "", "",  # edit (bad values re-asked)
         "1", "2", "4",
     ]))
     session.run()

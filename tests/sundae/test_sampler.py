@@ -255,3 +255,34 @@ def test_bad_arguments_are_errors(kwargs, message):
     kwargs = {"num_tokens": VOCAB, **kwargs}
     with pytest.raises(SundaeError, match=message):
         sample(uniform_model(), cfg=SamplingConfig(steps=2), **kwargs)
+
+
+class OneRestlessPosition(torch.nn.Module):
+    """Logits certain of a fixed target grid, except position (0, 0): uniform over a large
+    vocabulary, so it changes at almost every step (1 of 16 tokens, 6.25%)."""
+
+    def __init__(self, vocab=1000):
+        super().__init__()
+        self.vocab = vocab
+        self.target = torch.arange(16).reshape(4, 4) % vocab
+
+    def forward(self, tokens, cond=None):
+        logits = torch.full((*tokens.shape, self.vocab), -1e4)
+        logits.scatter_(-1, self.target.expand_as(tokens)[..., None], 0.0)
+        logits[:, 0, 0] = 0.0
+        return logits
+
+
+def test_the_papers_freezing_rule_rarely_fires_when_one_token_keeps_moving_and_the_quiet_rule_does():
+    model = OneRestlessPosition()
+    base = SamplingConfig(steps=30, min_steps=2, sample_proportion=1.0)
+    paper = sample(model, (4, 4), base, num_tokens=1000, nb_samples=8, generator=torch.Generator().manual_seed(0))
+    assert paper.steps_used.float().mean() > 25  # a step changes nothing with probability 1/1000
+    quiet = dataclasses.replace(base, freeze_threshold=0.07, freeze_patience=3)
+    result = sample(model, (4, 4), quiet, num_tokens=1000, nb_samples=8, generator=torch.Generator().manual_seed(0))
+    # step 1 moves every token to the target; steps 2, 3, 4 move one token each: frozen after step 4
+    assert result.steps_used.tolist() == [4] * 8
+    assert (result.tokens[:, 1:] == model.target[1:]).all()
+    stricter = dataclasses.replace(quiet, freeze_threshold=0.05)  # one token of 16 is 6.25%: never quiet
+    assert sample(model, (4, 4), stricter, num_tokens=1000, nb_samples=2,
+                  generator=torch.Generator().manual_seed(0)).steps_used.tolist() == [30, 30]
