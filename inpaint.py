@@ -42,7 +42,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.nb_samples < 1:
         raise SundaeError(f"--nb-samples must be >= 1, got {args.nb_samples}")
-    prior = prior_from_args(args)
+    prior = prior_from_args(args, max_batch=args.nb_samples)
     prior.check_class(args.class_idx)
     sampling = sampling_config(prior.cfg.sampling, args)
     prior.check_sampling(sampling)

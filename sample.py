@@ -58,7 +58,7 @@ def main(argv=None):
     procs = from_environment()
     if procs.world_size > 1 and (args.device or default_device()) == "cuda":
         args.device = f"cuda:{procs.local_rank}"  # one GPU per process
-    prior = prior_from_args(args)
+    prior = prior_from_args(args, max_batch=args.batch_size)
     if prior.num_classes is None and (args.class_balanced or args.save_labels):
         raise SundaeError(f"--class-balanced / --save-labels: the prior of {args.cfg_path} is not class-conditional")
     sampling = sampling_config(prior.cfg.sampling, args)

@@ -46,7 +46,7 @@ def main(argv=None):
         check_fits(args.resume, read_checkpoint(args.resume), cfg)
     quality = SampleQuality(cfg, train, evaluation, vqgan) if cfg.evaluation else None
     if quality is not None:
-        quality.check()
+        quality.check("cuda" if devices.accelerator == "gpu" else "cpu")
     module = PriorModule(cfg, seed=args.seed, run_dir=run_dir(cfg), vqgan=vqgan, quality=quality)
     try:  # a grid the hourglass levels cannot divide fails here, before anything is written
         module.prior.check_grid(module.model)

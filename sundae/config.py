@@ -161,6 +161,7 @@ class EvaluationSection:
     batch_size: PositiveInt = 250
     reference_stats: Optional[str] = None    # images: an Inception statistics file (evaluate.py --save-stats)
     inception_weights: Optional[str] = None  # images: else $INCEPTION_WEIGHTS or torch hub's cache
+    precision: Literal["32", "bf16", "16"] = "32"  # sampling autocast (infra.precision)
 
 
 @dataclass

@@ -7,10 +7,11 @@ from typing import Optional
 import torch
 
 from infra.devices import default_device, resolve_device
+from infra.precision import INFERENCE_PRECISIONS, check_precision, inference_precision
 from sundae.checkpoint import load_denoiser
 from sundae.config import Config, load_config, replace_section
 from sundae.errors import SundaeError
-from sundae.priors import PriorType, prior_type
+from sundae.priors import Bucketed, PriorType, prior_type
 from sundae.render import render_tokens
 from vqgan import load_vqgan
 
@@ -38,6 +39,10 @@ def add_prior_args(parser, sampling_flags=True):
     parser.add_argument("--device", default=None, help="device of the prior (default: cuda when available)")
     parser.add_argument("--vqgan-device", default="cpu", help="device of the VQ-GAN decoder")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="32",
+                        help="inference autocast (bf16 on CPU or GPU, 16 on GPU); draws stay float32")
+    parser.add_argument("--compile", action="store_true",
+                        help="sample through torch.compile (slow to start: for long jobs)")
     if sampling_flags:
         group = parser.add_argument_group("sampling (defaults: the config's [sampling])")
         for flag, field, kind in SAMPLING_FLAGS:
@@ -63,11 +68,17 @@ def sampling_config(section, args):
     return dataclasses.replace(section, **values)
 
 
-def prior_from_args(args):
-    """The prior that add_prior_args' flags name, its [prior] sampling settings overridden."""
+def prior_from_args(args, max_batch=None):
+    """The prior that add_prior_args' flags name, its [prior] sampling settings overridden, at
+    --precision, compiled with --compile (for batches up to max_batch)."""
     overrides = {key: getattr(args, key, None) for key in PRIOR_SAMPLING_FLAGS.values()}
-    return load_prior(args.cfg_path, args.resume, device=args.device or default_device(),
-                      vqgan_device=args.vqgan_device, prior_overrides=overrides)
+    prior = load_prior(args.cfg_path, args.resume, device=args.device or default_device(),
+                       vqgan_device=args.vqgan_device, prior_overrides=overrides)
+    check_precision(prior.device, args.precision)  # refused here, before any sampling
+    prior.precision = args.precision
+    if args.compile:
+        prior.compile(max_batch or 256)
+    return prior
 
 
 @dataclass
@@ -79,10 +90,20 @@ class TrainedPrior:
     model: torch.nn.Module
     vqgan: Optional[torch.nn.Module]
     device: torch.device
+    precision: str = "32"  # inference autocast: "32" | "bf16" | "16" (infra.precision)
+    sampling_model: Optional[torch.nn.Module] = None  # the model the samplers call (compiled or not)
 
     def sample(self, start, sampling, **kwargs):
-        """The prior type's sampler on this model (see PriorType.sample)."""
-        return self.type.sample(self.model, start, sampling, device=self.device, **kwargs)
+        """The prior type's sampler on this model (see PriorType.sample), at self.precision."""
+        with inference_precision(self.device, self.precision):
+            return self.type.sample(self.sampling_model or self.model, start, sampling, device=self.device, **kwargs)
+
+    def compile(self, max_batch):
+        """Sample through torch.compile (one graph per power-of-two batch up to max_batch)."""
+        if self.type.name == "autoregressive":
+            raise SundaeError("--compile: implemented for the sundae and absorbing priors (the "
+                              "autoregressive sampler steps a KV cache)")
+        self.sampling_model = Bucketed(self.model, max_batch)
 
     def check_sampling(self, sampling):
         """SundaeError, before any sampling, for settings this prior cannot sample with."""

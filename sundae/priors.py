@@ -205,6 +205,25 @@ class Autoregressive(PriorType):
         check_raster_prefix(keep_mask if keep_mask.dim() == 3 else keep_mask[None])
 
 
+class Bucketed(torch.nn.Module):
+    """A compiled model for the samplers, whose batch shrinks as samples freeze: the batch is
+    padded up to the next power of two (at most `max_batch`), so torch.compile builds one graph
+    per bucket (log2 of the batch) instead of one per batch size."""
+
+    def __init__(self, model, max_batch):
+        super().__init__()
+        self.compiled = torch.compile(model, dynamic=False)
+        self.max_batch = max_batch
+
+    def forward(self, tokens, cond=None):  # (A, h, w) -> (A, h, w, V)
+        a = tokens.shape[0]
+        size = min(self.max_batch, 1 << (a - 1).bit_length())
+        if size > a:
+            tokens = torch.cat([tokens, tokens[:1].expand(size - a, *tokens.shape[1:])])
+            cond = None if cond is None else torch.cat([cond, cond[:1].expand(size - a)])
+        return self.compiled(tokens, cond)[:a]
+
+
 PRIOR_TYPES = {kind.name: kind for kind in (Sundae, Absorbing, Autoregressive)}
 
 

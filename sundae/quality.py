@@ -14,6 +14,7 @@ from evaluation import metrics
 from evaluation.images import ImageArray, Inception, load_stats, resolve_weights
 from evaluation.tokens import CACHE_NAME, TokenEvaluator
 from infra.errors import UserError
+from infra.precision import check_precision, inference_precision
 from sundae.priors import prior_type
 
 
@@ -34,9 +35,10 @@ class SampleQuality:
         self.train, self.evaluation = train, evaluation
         self._scorer = None
 
-    def check(self):
+    def check(self, device_type="cpu"):
         """Fail before training for what cannot work later (and train or load the token
         classifier now, not inside an evaluation); say what will not be measured."""
+        check_precision(device_type, self.section.precision)
         if self.vqgan is None:
             self._token_scorer()
             return
@@ -59,8 +61,9 @@ class SampleQuality:
         for start in range(0, self.section.nb_samples, self.section.batch_size):
             n = min(self.section.batch_size, self.section.nb_samples - start)
             cond = None if labels is None else labels[start:start + n].to(device)
-            result = self.prior.sample(model, tuple(self.cfg.data.latent_shape), self.cfg.sampling,
-                                       nb_samples=n, cond=cond, generator=g, device=device)
+            with inference_precision(device, self.section.precision):
+                result = self.prior.sample(model, tuple(self.cfg.data.latent_shape), self.cfg.sampling,
+                                           nb_samples=n, cond=cond, generator=g, device=device)
             chunks.append(result.tokens.cpu())
             steps.append(result.steps_used.cpu())
         return torch.cat(chunks), torch.cat(steps).float().mean().item()
