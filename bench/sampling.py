@@ -1,50 +1,154 @@
-"""Sampling speed: samples/s and mean steps used, early stop on and off, for
+"""Sampling speed, in one run on one machine (load stated; best of repeats, interleaved):
 
-  digits    the demo's trained model (runs/digits/checkpoints/last.ckpt, from `make demo`)
-  ffhq1024  a model of the FFHQ1024 config's shape (vocab 8192, 32x32 latents, hourglass
-            [2, 10, 2], k=4) scaled to CPU size (dim 128), randomly initialised: its step cost is
-            real; its steps used are those of an untrained model, which rarely settles
+  1. samples/s and steps used, early stop on and off: the digits model (the demo's checkpoint
+     if it exists) and a model of the FFHQ1024 config's shape (32x32 latents, vocabulary 8192,
+     hourglass [2, 10, 2], k=4) at CPU width, randomly initialised (its step cost is real; an
+     untrained model rarely freezes);
+  2. where one sampling step's time goes at 32x32 x 8192: backbone, logits head, categorical
+     draw, bookkeeping;
+  3. inference precision: float32 against bfloat16 autocast (--precision bf16);
+  4. compiled sampling (--compile): eager against torch.compile, with the compile time.
 
-    python bench/sampling.py [--digits-ckpt PATH] [--device cpu|cuda]
+    python bench/sampling.py [--digits-ckpt PATH] [--device cpu|cuda] [--quick]
 """
 import argparse
 import dataclasses
+import os
+import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # so `python bench/sampling.py` works
+from infra.precision import inference_precision  # noqa: E402
+from sundae.categorical import sample_categorical  # noqa: E402
 from sundae.checkpoint import load_denoiser  # noqa: E402
 from sundae.config import load_config  # noqa: E402
-from sundae.priors import build_denoiser  # noqa: E402
+from sundae.priors import Bucketed, build_denoiser  # noqa: E402
 from sundae.sampler import sample  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+
+def timed(fn, repeats):
+    """The fastest of `repeats` calls of fn (after one warm-up), in seconds, and fn's last result."""
+    result = fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
 
 
-def measure(model, shape, num_tokens, cfg, n, batch, device, cond_classes=None, seed=0, repeats=2):
-    """(samples/s, mean steps used): the best of `repeats` timed runs after one warm-up batch
-    (this machine's timings are noisy; the best run is the least disturbed)."""
-    run_once(model, shape, num_tokens, cfg, min(n, batch), batch, device, cond_classes, seed)
-    runs = [run_once(model, shape, num_tokens, cfg, n, batch, device, cond_classes, seed) for _ in range(repeats)]
-    return max(runs)
-
-
-def run_once(model, shape, num_tokens, cfg, n, batch, device, cond_classes, seed):
+def draw(model, shape, vocab, cfg, n, device, classes=None, seed=0, precision="32"):
     g = torch.Generator(device=device).manual_seed(seed)
-    steps, start = [], time.perf_counter()
-    for first in range(0, n, batch):
-        b = min(batch, n - first)
-        cond = torch.randint(cond_classes, (b,), generator=g, device=device) if cond_classes else None
-        result = sample(model, shape, cfg, num_tokens=num_tokens, nb_samples=b, cond=cond, generator=g,
-                        device=device)
-        steps += result.steps_used.tolist()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    return n / elapsed, sum(steps) / len(steps)
+    cond = torch.randint(classes, (n,), generator=g, device=device) if classes else None
+    with inference_precision(device, precision):
+        return sample(model, shape, cfg, num_tokens=vocab, nb_samples=n, cond=cond, generator=g, device=device)
+
+
+def ffhq_shape(dim):
+    """The FFHQ1024 config at CPU width: 32x32 latents, vocabulary 8192, [2, 10, 2], k=4."""
+    cfg = load_config(REPO / "config/ffhq1024/ffhq1024-hourglass.toml", warn=False)
+    cfg.net = dataclasses.replace(cfg.net, dim=dim, nb_heads=max(1, dim // 64), dim_head=64)
+    return cfg
+
+
+def speed_table(args, device):
+    """Samples/s and mean steps used, early stop on and off."""
+    rows = []
+    digits = load_config(REPO / "config/digits.toml", warn=False)
+    if Path(args.digits_ckpt).is_file():
+        model, note = load_denoiser(args.digits_ckpt, digits, device=device), "trained"
+    else:
+        model, note = build_denoiser(digits, device).eval(), "untrained: run make demo first"
+    for early in (True, False):
+        cfg = dataclasses.replace(digits.sampling, early_stop=early)
+        n = args.digits_samples
+        seconds, result = timed(lambda: draw(model, (8, 8), 17, cfg, n, device, classes=10), args.repeats)
+        rows.append((f"digits 8x8 ({note})", early, cfg.steps, n / seconds, result.steps_used.float().mean().item()))
+    ffhq = ffhq_shape(args.dim)
+    model = build_denoiser(ffhq, device).eval()
+    for early in (True, False):
+        cfg = dataclasses.replace(ffhq.sampling, early_stop=early, steps=args.ffhq_steps)
+        n = args.ffhq_samples
+        seconds, result = timed(lambda: draw(model, (32, 32), 8192, cfg, n, device), 1)
+        rows.append((f"ffhq1024 shape 32x32, dim {args.dim} (untrained)", early, cfg.steps, n / seconds,
+                     result.steps_used.float().mean().item()))
+    print("| model | early stop | max steps | samples/s | mean steps used |\n|---|---|---|---|---|")
+    for name, early, steps, rate, mean in rows:
+        print(f"| {name} | {'on' if early else 'off'} | {steps} | {rate:.3f} | {mean:.1f} |")
+
+
+@torch.no_grad()
+def step_split(args, device):
+    """One sampling step at 32x32 x 8192 split into backbone, head, draw and bookkeeping."""
+    cfg = ffhq_shape(args.dim)
+    model = build_denoiser(cfg, device).eval()
+    n = args.ffhq_samples
+    x = torch.randint(8192, (n, 32, 32), device=device)
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def hidden():  # embeddings and the hourglass stack, up to the final norm
+        return model.norm(model.stack(model.token_emb(x)))
+
+    h = hidden()
+    logits = model.to_logits(h)
+    parts = {
+        "backbone (embeddings, hourglass, norm)": lambda: hidden(),
+        "logits head (dim -> 8192)": lambda: model.to_logits(h),
+        "categorical draw (softmax, cdf, search)": lambda: sample_categorical(logits.float(), generator=g),
+    }
+    one_step = dataclasses.replace(cfg.sampling, steps=1, early_stop=False)
+    whole, _ = timed(lambda: sample(model, x, one_step, num_tokens=8192, generator=g, device=device), args.repeats)
+    times = {name: timed(fn, args.repeats)[0] for name, fn in parts.items()}
+    times["bookkeeping (proportion mask, updates)"] = max(0.0, whole - sum(times.values()))
+    print(f"one sampling step, batch {n}, 32x32 x 8192, dim {args.dim}: {whole * 1000:.1f} ms")
+    print("| part | ms | share |\n|---|---|---|")
+    for name, seconds in times.items():
+        print(f"| {name} | {seconds * 1000:.1f} | {seconds / whole:.0%} |")
+
+
+@torch.no_grad()
+def precision_table(args, device):
+    """float32 against bf16 autocast, fixed steps (early stop off), 32x32 x 8192."""
+    cfg = ffhq_shape(args.dim)
+    model = build_denoiser(cfg, device).eval()
+    sampling = dataclasses.replace(cfg.sampling, steps=args.ffhq_steps, early_stop=False)
+    n = args.ffhq_samples
+    times = {}
+    for _ in range(args.repeats):  # interleaved, so both see the same load
+        for precision in ("32", "bf16"):
+            seconds, _ = timed(lambda: draw(model, (32, 32), 8192, sampling, n, device, precision=precision), 1)
+            times[precision] = min(times.get(precision, float("inf")), seconds)
+    print(f"| precision | samples/s (32x32 x 8192, dim {args.dim}, {sampling.steps} steps, batch {n}) | speed-up |")
+    print("|---|---|---|")
+    for precision, seconds in times.items():
+        print(f"| {precision} | {n / seconds:.3f} | {times['32'] / seconds:.2f}x |")
+
+
+@torch.no_grad()
+def compile_table(args, device):
+    """Eager against torch.compile (bucketed batches), digits shape: steady state and compile time."""
+    digits = load_config(REPO / "config/digits.toml", warn=False)
+    model = build_denoiser(digits, device).eval()
+    sampling = dataclasses.replace(digits.sampling, early_stop=False)
+    n = args.digits_samples
+    compiled = Bucketed(model, max_batch=n)
+    start = time.perf_counter()
+    draw(compiled, (8, 8), 17, sampling, n, device, classes=10)  # compiles the batch's bucket
+    compile_seconds = time.perf_counter() - start
+    times = {}
+    for _ in range(args.repeats):
+        for name, m in (("eager", model), ("compiled", compiled)):
+            seconds, _ = timed(lambda: draw(m, (8, 8), 17, sampling, n, device, classes=10), 1)
+            times[name] = min(times.get(name, float("inf")), seconds)
+    print(f"| digits 8x8, {sampling.steps} steps, batch {n} | samples/s | speed-up |\n|---|---|---|")
+    for name, seconds in times.items():
+        print(f"| {name} | {n / seconds:.1f} | {times['eager'] / seconds:.2f}x |")
+    print(f"compile time (first batch, one bucket): {compile_seconds:.1f} s")
 
 
 def main(argv=None):
@@ -53,36 +157,27 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--digits-samples", type=int, default=256)
     p.add_argument("--ffhq-samples", type=int, default=2)
+    p.add_argument("--ffhq-steps", type=int, default=10, help="steps of the 32x32 runs (the config has 100)")
+    p.add_argument("--dim", type=int, default=256, help="width of the 32x32 model")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat, no compile (for tests)")
+    p.add_argument("--no-compile", action="store_true")
     args = p.parse_args(argv)
+    if args.quick:
+        args.digits_samples, args.ffhq_samples, args.ffhq_steps, args.dim, args.repeats = 8, 1, 2, 64, 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-
-    rows = []
-    digits = load_config(REPO / "config/digits.toml")
-    if Path(args.digits_ckpt).is_file():
-        model, note = load_denoiser(args.digits_ckpt, digits, device=device), "trained"
-    else:
-        model, note = build_denoiser(digits).to(device).eval(), "untrained (no checkpoint: run make demo)"
-    base = digits.sampling
-    for early in (True, False):
-        cfg = dataclasses.replace(base, early_stop=early)
-        rate, mean = measure(model, (8, 8), 17, cfg, args.digits_samples, 256, device, cond_classes=10)
-        rows.append((f"digits 8x8 ({note})", early, cfg.steps, rate, mean))
-
-    ffhq = load_config(REPO / "config/ffhq1024/ffhq1024-hourglass.toml")
-    ffhq.net = dataclasses.replace(ffhq.net, dim=128, nb_heads=4)
-    model = build_denoiser(ffhq).to(device).eval()
-    base = ffhq.sampling
-    for early in (True, False):
-        cfg = dataclasses.replace(base, early_stop=early)
-        rate, mean = measure(model, (32, 32), 8192, cfg, args.ffhq_samples, args.ffhq_samples, device,
-                             repeats=1)
-        rows.append(("ffhq1024-shape 32x32, dim 128 (untrained)", early, cfg.steps, rate, mean))
-
-    print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print("| model | early stop | max steps | samples/s | mean steps used |\n|---|---|---|---|---|")
-    for name, early, steps, rate, mean in rows:
-        print(f"| {name} | {'on' if early else 'off'} | {steps} | {rate:.2f} | {mean:.1f} |")
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, device {device}, load {os.getloadavg()[0]:.2f}")
+    speed_table(args, device)
+    step_split(args, device)
+    precision_table(args, device)
+    if not (args.quick or args.no_compile):
+        compile_table(args, device)
+    print(f"load at the end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
