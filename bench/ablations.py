@@ -1,0 +1,105 @@
+r"""The paper's claims as an ablation table on digits: each variant trained with the digits
+config's budget over several seeds, sampled at N = 1000 (100 per class) and scored by the
+evaluation harness; mean ± sd over seeds.
+
+    python bench/ablations.py --seeds 0 1 2 --out runs/ablations.jsonl     # train, sample, score
+    python bench/ablations.py --report runs/ablations.jsonl                # the table
+
+Training variants (each its own model): unroll T = 1, 2 (the default), 3; 1D resampling of the
+raster-flattened sequence instead of 2D patches; 1D rotary over the raster index and learned
+absolute positions instead of 2D axial rotary; a vanilla (no hourglass) stack of about the same
+training FLOPs. Sampling variants (on the default model): constant temperature against the
+annealed default, and constant update proportions 0.5 and 1.0 against the annealed default.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+import digits_search  # noqa: E402  (the train / sample / score loop and the results format)
+from sundae.config import load_config  # noqa: E402
+from sundae.priors import build_denoiser  # noqa: E402
+
+TRAINING = {
+    "default (T=2, 2D hourglass, 2D rotary)": {},
+    "unroll T=1": {"unroll_steps": 1},
+    "unroll T=3": {"unroll_steps": 3},
+    "1D resampling": {"net": {"resampling_layout": "1d"}},
+    "1D rotary": {"net": {"rotary_layout": "1d"}},
+    "learned positions": {"net": {"use_rotary": False}},
+    "vanilla, equal FLOPs": None,  # depth chosen by equal_flops_depth()
+}
+SAMPLING = {
+    "constant temperature": {"end_temperature": None},  # = the start temperature
+    "proportion 0.5 constant": {"sample_proportion": 0.5, "end_sample_proportion": 0.5},
+    "proportion 1.0 constant": {"sample_proportion": 1.0, "end_sample_proportion": 1.0},
+}
+
+
+def training_flops(cfg):
+    """FLOPs of one forward of the model on a training batch (the backward is about twice this
+    for every variant alike)."""
+    model = build_denoiser(cfg)
+    tokens = torch.zeros(cfg.trainer.batch_size, *cfg.data.latent_shape, dtype=torch.long)
+    cond = torch.zeros(cfg.trainer.batch_size, dtype=torch.long) if cfg.net.conditional else None
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(tokens, cond)
+    return counter.get_total_flops()
+
+
+def equal_flops_depth(base_cfg):
+    """The vanilla depth whose forward FLOPs are closest to the hourglass's."""
+    target = training_flops(base_cfg)
+    best = None
+    for depth in range(1, 25):
+        cfg = load_config(REPO / "config" / "digits.toml", warn=False)
+        cfg.net.type, cfg.net.depth = "vanilla", depth
+        gap = abs(training_flops(cfg) - target)
+        if best is None or gap < best[1]:
+            best = (depth, gap)
+    return best[0]
+
+
+def register():
+    """Add the variants to digits_search's tables, so its loop trains and scores them."""
+    base = load_config(REPO / "config" / "digits.toml", warn=False)
+    for name, overrides in TRAINING.items():
+        if overrides is None:
+            overrides = {"net": {"type": "vanilla", "depth": equal_flops_depth(base)}}
+        digits_search.RECIPES[name] = overrides
+    for name, overrides in SAMPLING.items():
+        if overrides.get("end_temperature", 0) is None:
+            overrides = {"end_temperature": base.sampling.temperature}
+        digits_search.SAMPLINGS[name] = overrides
+    digits_search.SAMPLINGS["default"] = {}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data", default="data/digits")
+    p.add_argument("--work", default="runs/ablations")
+    p.add_argument("--out", default="runs/ablations/results.jsonl")
+    p.add_argument("--report", metavar="RESULTS.jsonl")
+    args = p.parse_args(argv)
+    register()
+    if args.report:
+        digits_search.report(args.report)
+        return
+    common = ["--seeds", *map(str, args.seeds), "--threads", str(args.threads), "--data", args.data,
+              "--work", args.work, "--out", args.out, "--reuse"]
+    # the default model under every sampling variant, then every training variant at the default sampling
+    digits_search.main(["--recipes", "default (T=2, 2D hourglass, 2D rotary)", "--samplings", "default",
+                        *SAMPLING, *common])
+    digits_search.main(["--recipes", *[n for n in TRAINING if not n.startswith("default")], "--samplings",
+                        "default", *common])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+r"""Search the digits recipe and sampling schedule with the evaluation harness.
+
+Each recipe (overrides of config/digits.toml) is trained with train.py, then sampled at N = 1000
+(100 per class) under each sampling setting and scored by the token-space harness
+(evaluation.tokens.TokenEvaluator): the samples at N, and a class-matched subset of them beside
+the eval-vs-train reference at the eval split's size M, with the per-position-marginals row. Every
+result is appended as one JSON line to --out, so a long search can be stopped and resumed.
+
+    python bench/digits_search.py --recipes base long --seeds 0 1 2 --out runs/search.jsonl
+    python bench/digits_search.py --report runs/search.jsonl        # the table of what was run
+"""
+import argparse
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # so `python bench/digits_search.py` works
+
+from evaluation.tokens import CACHE_NAME, TokenEvaluator  # noqa: E402
+from sundae.latents import LatentDataset  # noqa: E402
+from sundae.pretrained import load_prior  # noqa: E402
+
+# Training recipes: {section: {key: value}} overrides of config/digits.toml.
+RECIPES = {
+    "base": {},
+    "long": {"trainer": {"max_steps": 6000, "warmup_steps": 200}},
+    "long4k": {"trainer": {"max_steps": 4000}},
+    "big-batch": {"trainer": {"batch_size": 128, "learning_rate": 2e-3}},
+    "big-batch-long": {"trainer": {"batch_size": 128, "learning_rate": 2e-3, "max_steps": 4000}},
+    "lr2e-3": {"trainer": {"learning_rate": 2e-3}},
+    "ema999": {"trainer": {"ema_decay": 0.999}},
+    "dropout": {"net": {"attn_dropout": 0.1, "ff_dropout": 0.1}},
+    "wide": {"net": {"dim": 96, "dim_head": 24}},
+    "unroll3": {"unroll_steps": 3},
+    "unroll1": {"unroll_steps": 1},
+}
+
+# Sampling settings: [sampling] overrides; each is scored on every trained recipe.
+SAMPLINGS = {
+    "default": {},
+    "t1.0-0.8": {"end_temperature": 0.8},
+    "t1.0": {"end_temperature": 1.0},
+    "t0.9": {"temperature": 0.9, "end_temperature": 0.9},
+    "p-const-0.5": {"sample_proportion": 0.5, "end_sample_proportion": 0.5},
+    "steps20": {"steps": 20, "min_steps": 5},
+    "steps100": {"steps": 100},
+    "quiet2%x3": {"freeze_threshold": 0.02, "freeze_patience": 3},
+    "quiet5%x2": {"freeze_threshold": 0.05, "freeze_patience": 2},
+    "t1.0-0.3": {"end_temperature": 0.3},
+}
+
+
+def toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def write_config(base, overrides, path, exp_name, runs_dir, data):
+    """config/digits.toml with `overrides` applied, as a TOML file (flat sections, our keys)."""
+    import tomllib
+
+    table = tomllib.loads(Path(base).read_text())
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            table.setdefault(section, {}).update(values)
+        else:
+            table[section] = values
+    table["trainer"].update(exp_name=exp_name, runs_dir=str(runs_dir))
+    table["data"]["root"] = str(data)
+    table.pop("evaluation", None)  # scored here, at N = 1000, not while training
+    lines = [f"{k} = {toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+    for section, values in table.items():
+        if isinstance(values, dict):
+            lines += ["", f"[{section}]"] + [f"    {k} = {toml_value(v)}" for k, v in values.items()]
+    Path(path).write_text("\n".join(lines) + "\n")
+    return path
+
+
+def train(cfg_path, seed, threads):
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--cfg-path", str(cfg_path), "--seed", str(seed),
+                           "--overwrite"], env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"training {cfg_path} failed:\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
+@torch.no_grad()
+def draw(prior, sampling, n, batch_size, seed):
+    """(tokens (n, h, w), labels (n,), steps used (n,)) of n class-balanced samples."""
+    labels = torch.arange(n) % prior.num_classes
+    g = torch.Generator().manual_seed(seed)
+    tokens, steps = [], []
+    for start in range(0, n, batch_size):
+        cond = labels[start:start + batch_size]
+        result = prior.sample(prior.latent_shape, sampling, nb_samples=len(cond), cond=cond, generator=g)
+        tokens.append(result.tokens)
+        steps.append(result.steps_used)
+    return torch.cat(tokens).numpy(), labels.numpy(), torch.cat(steps).numpy()
+
+
+def evaluator(data):
+    train_split, eval_split = LatentDataset(data, "train"), LatentDataset(data, "eval")
+    return TokenEvaluator(train_split.tokens, train_split.labels, eval_split.tokens, eval_split.labels,
+                          train_split.codebook_size, train_split.num_classes, cache_path=Path(data) / CACHE_NAME,
+                          log=lambda *a: None)
+
+
+def run(args):
+    data = Path(args.data)
+    if not (data / "meta.json").exists():
+        subprocess.run([sys.executable, str(REPO / "generate-discrete-mnist.py"), "digits", str(data)], check=True)
+    scorer = evaluator(data)
+    done = set()
+    if Path(args.out).exists():
+        done = {(r["recipe"], r["seed"], r["sampling"]) for r in map(json.loads, Path(args.out).read_text().splitlines())}
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    for recipe in args.recipes:
+        for seed in args.seeds:
+            todo = [s for s in args.samplings if (recipe, seed, s) not in done]
+            if not todo:
+                continue
+            exp = re.sub(r"[^A-Za-z0-9._-]+", "-", recipe).strip("-") + f"-s{seed}"
+            cfg = write_config(REPO / "config" / "digits.toml", RECIPES[recipe], work / f"{exp}.toml", exp,
+                               work / "runs", data)
+            ckpt = work / "runs" / exp / "checkpoints" / "last.ckpt"
+            train_seconds = None if ckpt.exists() and args.reuse else train(cfg, seed, args.threads)
+            torch.set_num_threads(args.threads)
+            prior = load_prior(cfg, ckpt)
+            for name in todo:
+                sampling = dataclasses.replace(prior.cfg.sampling, **SAMPLINGS[name])
+                t0 = time.perf_counter()
+                tokens, labels, steps = draw(prior, sampling, args.n, args.batch_size, seed=1000 + seed)
+                seconds = time.perf_counter() - t0
+                rows = scorer.evaluate(tokens, labels, seed=seed)
+                record = {"recipe": recipe, "seed": seed, "sampling": name, "n": args.n,
+                          "train_seconds": train_seconds, "sample_seconds": seconds,
+                          "mean_steps": float(steps.mean()), "steps_budget": sampling.steps,
+                          "steps_histogram": {int(k): int(v) for k, v in zip(*np.unique(steps, return_counts=True))},
+                          "rows": rows, "overrides": RECIPES[recipe], "sampling_overrides": SAMPLINGS[name]}
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                print(summary_line(record), flush=True)
+
+
+def summary_line(r):
+    rows = r["rows"]
+    small = next((k for k in rows if k.startswith("samples (n=")), None)
+    ref = rows.get("eval vs train", {})
+    s, sm = rows["samples"], rows.get(small, {})
+    return (f"{r['recipe']:>15} s{r['seed']} {r['sampling']:>12} | N={s['n']} fd {s['fd']:.2f} P {s['precision']:.3f} "
+            f"R {s['recall']:.3f} C {s['coverage']:.3f} acc {s.get('cond_accuracy') or 0:.3f} | n={sm.get('n')} "
+            f"fd {sm.get('fd', 0):.2f} vs ref {ref.get('fd', 0):.2f} | steps {r['mean_steps']:.1f}/{r['steps_budget']}")
+
+
+def report(path):
+    """Mean and sd over seeds of each (recipe, sampling), against the reference rows."""
+    records = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    groups = {}
+    for r in records:
+        groups.setdefault((r["recipe"], r["sampling"]), []).append(r)
+    print("| recipe | sampling | seeds | FD (N=1000) | P | R | C | cond acc | FD/ref (n=M) | P/ref | R/ref | C/ref | "
+          "steps used |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (recipe, sampling), rs in groups.items():
+        def stat(f):
+            v = np.array([f(r) for r in rs], dtype=float)
+            return f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else "")
+
+        def ratio(key):
+            def f(r):
+                rows = r["rows"]
+                small = next(k for k in rows if k.startswith("samples (n="))
+                return rows[small][key] / rows["eval vs train"][key]
+            return f
+        s = lambda key: (lambda r: r["rows"]["samples"][key])  # noqa: E731
+        print(f"| {recipe} | {sampling} | {len(rs)} | {stat(s('fd'))} | {stat(s('precision'))} | {stat(s('recall'))} | "
+              f"{stat(s('coverage'))} | {stat(s('cond_accuracy'))} | {stat(ratio('fd'))} | {stat(ratio('precision'))} | "
+              f"{stat(ratio('recall'))} | {stat(ratio('coverage'))} | "
+              f"{stat(lambda r: r['mean_steps'])} / {rs[0]['steps_budget']} |")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipes", nargs="+", default=["base"], choices=list(RECIPES))
+    p.add_argument("--samplings", nargs="+", default=list(SAMPLINGS), choices=list(SAMPLINGS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data", default="data/digits")
+    p.add_argument("--work", default="runs/digits-search")
+    p.add_argument("--out", default="runs/digits-search/results.jsonl")
+    p.add_argument("--reuse", action="store_true", help="sample existing checkpoints instead of training again")
+    p.add_argument("--report", metavar="RESULTS.jsonl", help="print the table of a results file and stop")
+    args = p.parse_args(argv)
+    if args.report:
+        report(args.report)
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
