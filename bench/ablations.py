@@ -8,7 +8,8 @@ evaluation harness; mean ± sd over seeds.
 Training variants (each its own model): unroll T = 1, 2 (the default), 3; 1D resampling of the
 raster-flattened sequence instead of 2D patches; 1D rotary over the raster index and learned
 absolute positions instead of 2D axial rotary; a vanilla (no hourglass) stack of about the same
-training FLOPs. Sampling variants (on the default model): constant temperature against the
+training FLOPs; and the original code's choices where ours is the default (its resampling
+blocks, its normalized rotary coordinates, dim_head 64). Sampling variants (on the default model): constant temperature against the
 annealed default, and constant update proportions 0.5 and 1.0 against the annealed default.
 """
 import argparse
@@ -33,6 +34,10 @@ TRAINING = {
     "1D rotary": {"net": {"rotary_layout": "1d"}},
     "learned positions": {"net": {"use_rotary": False}},
     "vanilla, equal FLOPs": None,  # depth chosen by equal_flops_depth()
+    # the original code's choices, where ours is the default
+    "original resampling": {"net": {"attn_resampling_type": "original"}},
+    "normalized rotary (original)": {"net": {"rotary_coords": "normalized"}},
+    "dim_head 64 (original)": {"net": {"dim_head": 64}},
 }
 SAMPLING = {
     "constant temperature": {"end_temperature": None},  # = the start temperature

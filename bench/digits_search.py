@@ -27,7 +27,9 @@ sys.path.insert(0, str(REPO))  # so `python bench/digits_search.py` works
 
 from evaluation.tokens import CACHE_NAME, TokenEvaluator  # noqa: E402
 from sundae.latents import LatentDataset  # noqa: E402
+from sundae.config import replace_section  # noqa: E402
 from sundae.pretrained import load_prior  # noqa: E402
+from sundae.priors import prior_type  # noqa: E402
 
 # Training recipes: {section: {key: value}} overrides of config/digits.toml.
 RECIPES = {
@@ -42,6 +44,15 @@ RECIPES = {
     "wide": {"net": {"dim": 96, "dim_head": 24}},
     "unroll3": {"unroll_steps": 3},
     "unroll1": {"unroll_steps": 1},
+    "cfg": {"net": {"cond_drop_prob": 0.1}},
+    # the other priors on the same data, budget and (about) parameter count (issue: compare priors)
+    "absorbing": {"prior": {"type": "absorbing"}, "unroll_steps": None,
+                  "sampling": {"steps": 64, "temperature": 1.0, "end_temperature": None,
+                               "sample_proportion": 0.5, "end_sample_proportion": None}},
+    "autoregressive": {"prior": {"type": "autoregressive"}, "unroll_steps": None,
+                       "net": {"type": "vanilla", "depth": 9, "shorten_factor": None},
+                       "sampling": {"steps": 64, "temperature": 1.0, "end_temperature": None,
+                                    "sample_proportion": 0.5, "end_sample_proportion": None}},
 }
 
 # Sampling settings: [sampling] overrides; each is scored on every trained recipe.
@@ -56,6 +67,17 @@ SAMPLINGS = {
     "quiet2%x3": {"freeze_threshold": 0.02, "freeze_patience": 3},
     "quiet5%x2": {"freeze_threshold": 0.05, "freeze_patience": 2},
     "t1.0-0.3": {"end_temperature": 0.3},
+    "guidance1.5": {"guidance_scale": 1.5},
+    "guidance2": {"guidance_scale": 2.0},
+    "guidance3": {"guidance_scale": 3.0},
+    # absorbing: Unleashing's sampler at S steps, MaskGIT's decoder (a [prior] override)
+    "unleashing64": {"steps": 64},
+    "unleashing32": {"steps": 32},
+    "maskgit12": {"steps": 12, "prior": {"decoder": "maskgit"}},
+    "maskgit8": {"steps": 8, "prior": {"decoder": "maskgit"}},
+    # autoregressive: plain sampling, top-k
+    "ar": {},
+    "ar-top-k5": {"prior": {"top_k": 5}},
 }
 
 
@@ -77,6 +99,9 @@ def write_config(base, overrides, path, exp_name, runs_dir, data):
     for section, values in overrides.items():
         if isinstance(values, dict):
             table.setdefault(section, {}).update(values)
+            table[section] = {k: v for k, v in table[section].items() if v is not None}
+        elif values is None:
+            table.pop(section, None)
         else:
             table[section] = values
     table["trainer"].update(exp_name=exp_name, runs_dir=str(runs_dir))
@@ -144,7 +169,9 @@ def run(args):
             torch.set_num_threads(args.threads)
             prior = load_prior(cfg, ckpt)
             for name in todo:
-                sampling = dataclasses.replace(prior.cfg.sampling, **SAMPLINGS[name])
+                overrides = dict(SAMPLINGS[name])
+                prior.type = prior_type(replace_section(prior.cfg, "prior", **overrides.pop("prior", {})))
+                sampling = dataclasses.replace(prior.cfg.sampling, **overrides)
                 t0 = time.perf_counter()
                 tokens, labels, steps = draw(prior, sampling, args.n, args.batch_size, seed=1000 + seed)
                 seconds = time.perf_counter() - t0
