@@ -20,6 +20,8 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slow"
 
+# Every script uses one CPU thread unless SUNDAE_THREADS (a number, or 'all') or OMP_NUM_THREADS
+# says otherwise: on a shared machine more threads spin and slow down (README: CPU threads).
 # The main job on the embedded default: build the digits dataset (bundled with scikit-learn),
 # train the prior on the CPU for a few minutes, sample 1000 digits (100 per class), inpaint, and
 # score the samples with the evaluation harness beside its two reference rows.

@@ -27,7 +27,7 @@ import numpy as np
 from evaluation import images, tokens
 from evaluation.report import format_table, write_json
 from infra.cli import ArgumentParser, run_cli
-from infra.devices import default_device, resolve_device
+from infra.devices import configure_threads, default_device, resolve_device
 from infra.errors import UserError
 from sundae.latents import LatentDataset
 
@@ -63,6 +63,7 @@ def parse_args(argv):
 
 
 def main(argv=None):
+    configure_threads()  # first: SUNDAE_THREADS / OMP_NUM_THREADS, else 1 (infra/devices.py)
     args = parse_args(argv)
     if args.dataset is not None:
         return evaluate_tokens(args)

@@ -8,6 +8,7 @@ import numpy as np
 
 from infra.cli import ArgumentParser, run_cli
 from infra.data import split_groups
+from infra.devices import configure_threads
 from sundae.discrete_datasets import TORCHVISION_SETS, digits_grids, torchvision_grids
 from sundae.latents import create_latent_dataset
 
@@ -26,6 +27,7 @@ def parse_args(argv):
 
 
 def main(argv=None):
+    configure_threads()  # first: SUNDAE_THREADS / OMP_NUM_THREADS, else 1 (infra/devices.py)
     args = parse_args(argv)
     if args.name == "digits":
         grids, labels, classes, vocab = digits_grids()

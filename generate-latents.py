@@ -10,7 +10,7 @@ import numpy as np
 from infra.cli import ArgumentParser, run_cli
 from infra.data import split_groups
 from infra.files import sha256_of
-from infra.devices import default_device
+from infra.devices import configure_threads, default_device
 from infra.images import list_class_images, list_images
 from sundae.encode import encode_images, image_size
 from sundae.errors import SundaeError
@@ -40,6 +40,7 @@ def parse_args(argv):
 
 
 def main(argv=None):
+    configure_threads()  # first: SUNDAE_THREADS / OMP_NUM_THREADS, else 1 (infra/devices.py)
     args = parse_args(argv)
     if not 0.0 <= args.eval_fraction < 1.0:
         raise SundaeError(f"--eval-fraction must be in [0, 1), got {args.eval_fraction}")

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from infra.cli import ArgumentParser, run_cli
+from infra.devices import configure_threads
 from infra.images import save_png
 from sundae.errors import SundaeError
 from sundae.inpainting import figure_row, inpaint, latent_keep_mask, load_inputs, regenerate_mask
@@ -39,6 +40,7 @@ def parse_args(argv):
 
 @torch.inference_mode()
 def main(argv=None):
+    configure_threads()  # first: SUNDAE_THREADS / OMP_NUM_THREADS, else 1 (infra/devices.py)
     args = parse_args(argv)
     if args.nb_samples < 1:
         raise SundaeError(f"--nb-samples must be >= 1, got {args.nb_samples}")

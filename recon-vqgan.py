@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from infra.cli import ArgumentParser, run_cli
-from infra.devices import default_device
+from infra.devices import configure_threads, default_device
 from infra.images import image_transform, list_images, open_rgb, psnr, save_png
 from sundae.encode import encode_images, image_size
 from sundae.errors import SundaeError
@@ -31,6 +31,7 @@ def parse_args(argv):
 
 @torch.inference_mode()
 def main(argv=None):
+    configure_threads()  # first: SUNDAE_THREADS / OMP_NUM_THREADS, else 1 (infra/devices.py)
     args = parse_args(argv)
     device = args.device or default_device()
     vqgan = load_vqgan(args.cfg_path, args.ckpt_path, legacy_cfg=True if args.legacy_cfg else None,

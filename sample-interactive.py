@@ -6,6 +6,7 @@ Each result is saved as a grid PNG in --out-dir; with `history` on, also as an a
 the sampling steps.
 """
 from infra.cli import ArgumentParser, run_cli
+from infra.devices import configure_threads
 from sundae.interactive import InteractiveSampler, Params
 from sundae.pretrained import add_prior_args, prior_from_args
 
@@ -18,6 +19,7 @@ def parse_args(argv):
 
 
 def main(argv=None):
+    configure_threads()  # first: SUNDAE_THREADS / OMP_NUM_THREADS, else 1 (infra/devices.py)
     args = parse_args(argv)
     prior = prior_from_args(args)
     InteractiveSampler(prior, Params.from_sampling(prior.cfg.sampling, seed=args.seed), args.out_dir).run()

@@ -14,7 +14,7 @@ import json
 import math
 
 from infra.cli import ArgumentParser, run_cli
-from infra.devices import default_device
+from infra.devices import configure_threads, default_device
 from infra.distributed import from_environment, process_group
 from infra.files import writable_dir, writable_file
 from sundae.bulk import bulk_sample, save_sample_grid
@@ -42,6 +42,7 @@ def parse_args(argv):
 
 
 def main(argv=None):
+    configure_threads()  # first: SUNDAE_THREADS / OMP_NUM_THREADS, else 1 (infra/devices.py)
     args = parse_args(argv)
     for flag, value, minimum in (("--batch-size", args.batch_size, 1), ("--count-offset", args.count_offset, 0),
                                  ("--nb-samples", args.nb_samples, 1)):

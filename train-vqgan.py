@@ -22,7 +22,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from infra.cli import ArgumentParser, run_cli
 from infra.config import build
 from infra.data import RESUME_WARNING
-from infra.devices import resolve_devices
+from infra.devices import configure_threads, resolve_devices
 from infra.runs import claim_run_dir
 from infra.trainer import add_run_args, build_trainer
 from vqgan.checkpoint import load_state_dict
@@ -64,6 +64,7 @@ def perceptual_model(cfg):
 
 
 def main(argv=None):
+    configure_threads()  # first: SUNDAE_THREADS / OMP_NUM_THREADS, else 1 (infra/devices.py)
     args = parse_args(argv)
     cfg = load_train_config(args.cfg_path)
     overrides = {k: v for k, v in {"max_steps": args.max_steps, "precision": args.precision}.items() if v is not None}

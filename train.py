@@ -13,7 +13,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from infra.cli import ArgumentParser, run_cli
 from infra.data import RESUME_WARNING
-from infra.devices import resolve_devices
+from infra.devices import configure_threads, resolve_devices
 from infra.errors import UserError
 from infra.runs import claim_run_dir
 from infra.trainer import add_run_args, build_trainer
@@ -34,6 +34,7 @@ def parse_args(argv):
 
 
 def main(argv=None):
+    configure_threads()  # first: SUNDAE_THREADS / OMP_NUM_THREADS, else 1 (infra/devices.py)
     args = parse_args(argv)
     cfg = replace_section(load_config(args.cfg_path), "trainer", max_steps=args.max_steps,
                           precision=args.precision)

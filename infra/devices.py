@@ -1,4 +1,5 @@
-"""Devices: the --device of the sampling scripts and the processes of a training run."""
+"""Devices: the --device of the sampling scripts, the processes of a training run, and the CPU
+threads of every script (configure_threads, called first by each entry point)."""
 import dataclasses
 import os
 
@@ -71,3 +72,77 @@ def check_fits_in_memory(num_parameters, what):
         raise UserError(f"{what} is too large: {num_parameters:,} parameters need {need / 2**30:,.1f} GiB "
                         f"in float32, more than this machine's {have / 2**30:,.1f} GiB")
 
+
+
+# --- CPU threads ----------------------------------------------------------------------------------
+
+THREADS_ENV = "SUNDAE_THREADS"
+# One intra-op thread unless told otherwise. Measured on a 2-core machine (bench/README.md, issue
+# 14): with torch's default of one thread per core, a second process on the machine (another job,
+# a test run) leaves torch's OpenMP threads spinning at every barrier for a core they do not get,
+# and a digits training step becomes 2.5-8x slower while burning 2-4x the CPU time; with one
+# thread it slows only by the share of the core it loses. The default is fixed, not guessed from
+# the current load, because the thread count changes float results in the last bits: a run and
+# its resumed continuation must use the same count to stay bit-exact.
+DEFAULT_THREADS = 1
+DEFAULT_INTEROP_THREADS = 1  # nothing here runs inter-op parallel work (torch.jit.fork)
+
+
+@dataclasses.dataclass(frozen=True)
+class ThreadSettings:
+    """What configure_threads chose, and from where."""
+    intra_op: int  # torch.get_num_threads() after the call
+    inter_op: int  # torch.get_num_interop_threads() after the call
+    source: str  # "argument" | "SUNDAE_THREADS" | "OMP_NUM_THREADS" | "default"
+
+
+def usable_cores():
+    """The CPU cores this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _parse_threads(value, what, allow_all=True):
+    text = str(value).strip()
+    if allow_all and text.lower() == "all":
+        return usable_cores()
+    if what == "OMP_NUM_THREADS":
+        text = text.split(",")[0].strip()  # OpenMP allows one count per nesting level: the first is ours
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        expected = "a whole number >= 1" + (" or 'all'" if allow_all else "")
+        raise UserError(f"{what}={value!r}: not a thread count; expected {expected}")
+    return int(text)
+
+
+def thread_count(threads=None, environ=None):
+    """(intra-op threads, source) by the rule of configure_threads, without applying them."""
+    environ = os.environ if environ is None else environ
+    if threads is not None:
+        return _parse_threads(threads, "threads"), "argument"
+    for name in (THREADS_ENV, "OMP_NUM_THREADS"):
+        value = environ.get(name)
+        if value is not None and value.strip():
+            return _parse_threads(value, name, allow_all=name == THREADS_ENV), name
+    return DEFAULT_THREADS, "default"
+
+
+def configure_threads(threads=None, environ=None):
+    """Set torch's CPU threads for this process; every script calls this first. Returns ThreadSettings.
+
+    Intra-op threads, first of: `threads` (an int, or "all" for every usable core), the
+    environment variable SUNDAE_THREADS (same values), OMP_NUM_THREADS (the standard variable,
+    which torch also reads at import), else DEFAULT_THREADS (1: see above; on a machine of your
+    own with a model large enough to share out, SUNDAE_THREADS=all is faster). A value that is
+    not a thread count is a UserError. Inter-op threads are set to 1 where torch still allows it
+    (only before any inter-op work in this process, and only once); otherwise they are left.
+    """
+    count, source = thread_count(threads, environ)
+    torch.set_num_threads(count)
+    if torch.get_num_interop_threads() != DEFAULT_INTEROP_THREADS:
+        try:
+            torch.set_num_interop_threads(DEFAULT_INTEROP_THREADS)
+        except RuntimeError:  # already set once in this process, or its pool has started
+            pass
+    return ThreadSettings(torch.get_num_threads(), torch.get_num_interop_threads(), source)
