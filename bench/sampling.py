@@ -23,6 +23,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # so `python bench/sampling.py` works
+from infra.devices import configure_threads  # noqa: E402
 from infra.precision import inference_precision  # noqa: E402
 from sundae.categorical import sample_categorical  # noqa: E402
 from sundae.checkpoint import load_denoiser  # noqa: E402
@@ -160,14 +161,14 @@ def main(argv=None):
     p.add_argument("--ffhq-steps", type=int, default=10, help="steps of the 32x32 runs (the config has 100)")
     p.add_argument("--dim", type=int, default=256, help="width of the 32x32 model")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
+    p.add_argument("--threads", default=None, help="intra-op threads, a number or 'all' (default: "
+                   "infra.devices.configure_threads' rule: SUNDAE_THREADS, OMP_NUM_THREADS, else 1)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat, no compile (for tests)")
     p.add_argument("--no-compile", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
         args.digits_samples, args.ffhq_samples, args.ffhq_steps, args.dim, args.repeats = 8, 1, 2, 64, 1
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "

@@ -411,9 +411,29 @@ class TokenEvaluator:
         return rows
 
 
+RELATIVE_METRICS = ("fd", "precision", "recall", "coverage")
+
+
+def relative_to_real(rows):
+    """{metric: samples / eval-vs-train} at the eval row's n (the class-matched subset when the
+    samples are more), for fd, precision, recall and coverage; None without an eval row."""
+    real = rows.get("eval vs train")
+    if real is None:
+        return None
+    ours = rows.get(f"samples (n={real['n']})", rows["samples"])
+    if ours["n"] != real["n"]:
+        return None
+    return {k: ours[k] / real[k] for k in RELATIVE_METRICS if real.get(k)}
+
+
 def format_rows(rows):
     """The printed table of `TokenEvaluator.evaluate` rows, with what the reader needs to know."""
     lines = [format_table(rows, ROW_COLUMNS, first="")]
+    ratios = relative_to_real(rows)
+    if ratios:
+        lines.append(f"samples / eval vs train at n={rows['eval vs train']['n']}: "
+                     + ", ".join(f"{k} {v:.3f}x" for k, v in ratios.items())
+                     + " (real data scores 1x; FD lower is better, the others higher)")
     n = rows.get("samples", {}).get("n")
     m = rows.get("eval vs train", {}).get("n")
     if n is not None and m is not None and m < n:

@@ -110,10 +110,15 @@ def test_evaluate_states_n_and_compares_blocks_at_equal_n(evaluator, splits):
     assert rows["marginals"]["fd"] > rows["samples"]["fd"]
     table = tokens.format_rows(rows)
     assert f"n={m}" in table and "eval vs train" in table
+    ratios = tokens.relative_to_real(rows)  # the class-matched subset against real data, at equal n
+    assert ratios["fd"] == rows[f"samples (n={m})"]["fd"] / rows["eval vs train"]["fd"]
+    assert ratios["recall"] == rows[f"samples (n={m})"]["recall"] / rows["eval vs train"]["recall"]
+    assert f"recall {ratios['recall']:.3f}x" in table
 
     small = evaluator.evaluate(eval_tokens[:50], eval_labels[:50], seed=0)  # the eval split holds these
     assert list(small) == ["samples", "eval vs train", "marginals"]
     assert {row["n"] for row in small.values()} == {50}
+    assert tokens.relative_to_real(small)["fd"] == small["samples"]["fd"] / small["eval vs train"]["fd"]
 
 
 def test_the_cached_classifier_is_reused_until_the_train_split_changes(tmp_path, monkeypatch):
