@@ -85,29 +85,39 @@ def speed_table(args, device):
 
 @torch.no_grad()
 def step_split(args, device):
-    """One sampling step at 32x32 x 8192 split into backbone, head, draw and bookkeeping."""
+    """One sampling step at 32x32 x 8192 split into backbone, logits head, categorical draw and
+    bookkeeping; the head and the draw over every position (as before) and over the positions the
+    step updates (the sampler now: a proportion p of them, the config's first-step proportion)."""
     cfg = ffhq_shape(args.dim)
     model = build_denoiser(cfg, device).eval()
     n = args.ffhq_samples
     x = torch.randint(8192, (n, 32, 32), device=device)
     g = torch.Generator(device=device).manual_seed(0)
+    p = cfg.sampling.sample_proportion
+    at = torch.rand(x.shape, generator=g, device=device) < p
 
     def hidden():  # embeddings and the hourglass stack, up to the final norm
         return model.norm(model.stack(model.token_emb(x)))
 
     h = hidden()
-    logits = model.to_logits(h)
+    logits, logits_at = model.to_logits(h), model.to_logits(h[at])
     parts = {
         "backbone (embeddings, hourglass, norm)": lambda: hidden(),
-        "logits head (dim -> 8192)": lambda: model.to_logits(h),
-        "categorical draw (softmax, cdf, search)": lambda: sample_categorical(logits.float(), generator=g),
+        "logits head (dim -> 8192), every position": lambda: model.to_logits(h),
+        f"logits head, the updated positions (p = {p})": lambda: model.to_logits(h[at]),
+        "categorical draw (softmax, cdf, search), every position": lambda: sample_categorical(logits.float(), generator=g),
+        f"categorical draw, the updated positions (p = {p})": lambda: sample_categorical(logits_at.float(), generator=g),
     }
     one_step = dataclasses.replace(cfg.sampling, steps=1, early_stop=False)
     whole, _ = timed(lambda: sample(model, x, one_step, num_tokens=8192, generator=g, device=device), args.repeats)
     times = {name: timed(fn, args.repeats)[0] for name, fn in parts.items()}
-    times["bookkeeping (proportion mask, updates)"] = max(0.0, whole - sum(times.values()))
-    print(f"one sampling step, batch {n}, 32x32 x 8192, dim {args.dim}: {whole * 1000:.1f} ms")
-    print("| part | ms | share |\n|---|---|---|")
+    now = [name for name in times if "every position" not in name]
+    times["bookkeeping (proportion mask, updates)"] = max(0.0, whole - sum(times[name] for name in now))
+    before = whole + sum(t for name, t in times.items() if "every position" in name) - sum(
+        t for name, t in times.items() if "updated positions" in name)
+    print(f"one sampling step, batch {n}, 32x32 x 8192, dim {args.dim}: {whole * 1000:.1f} ms "
+          f"(head and draw at every position, as before: about {before * 1000:.1f} ms, {before / whole:.2f}x)")
+    print("| part | ms | share of the step |\n|---|---|---|")
     for name, seconds in times.items():
         print(f"| {name} | {seconds * 1000:.1f} | {seconds / whole:.0%} |")
 

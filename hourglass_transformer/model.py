@@ -489,14 +489,21 @@ class HourglassTransformerLM(nn.Module):
         if on_cpu and bool(((cond < 0) | (cond >= self.num_classes)).any()):
             raise HourglassError(f"cond: class labels must lie in [0, {self.num_classes})")
 
-    def forward(self, tokens, cond=None):
-        """tokens (B, h, w) long, cond (B,) long class labels -> logits (B, h, w, num_outputs)."""
+    def forward(self, tokens, cond=None, at=None):
+        """tokens (B, h, w) long, cond (B,) long class labels -> logits (B, h, w, num_outputs).
+
+        at: None, or a (B, h, w) bool mask: then only the logits at its True positions, (K,
+        num_outputs) in row-major order. A sampler that updates a proportion of the positions
+        pays the vocabulary-wide head for those only (the whole grid is still attended)."""
         self.check_inputs(tokens, cond)
+        if at is not None and (at.shape != tokens.shape or at.dtype != torch.bool):
+            raise HourglassError(f"at: expected a bool mask of shape {tuple(tokens.shape)}, got "
+                                 f"{at.dtype} {tuple(at.shape)}")
         _, h, w = tokens.shape
         x = self.token_emb(tokens)  # (B, h, w, d)
         if self.pos_emb is not None:
             x = x + self.pos_emb(h, w)
         if self.class_emb is not None:
             x = x + self.class_emb(cond)[:, None, None, :]
-        x = self.stack(x)
-        return self.to_logits(self.norm(x))
+        x = self.norm(self.stack(x))  # (B, h, w, d)
+        return self.to_logits(x if at is None else x[at])  # (B, h, w, V) or (K, V)

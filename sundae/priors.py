@@ -47,9 +47,11 @@ class Guided(torch.nn.Module):
         super().__init__()
         self.model, self.scales, self.null_class, self.calls = model, scales.tolist(), null_class, 0
 
-    def forward(self, tokens, cond):  # (A, h, w), (A,) -> (A, h, w, V)
+    def forward(self, tokens, cond, at=None):  # (A, h, w), (A,) -> (A, h, w, V); with at (K, V)
         null = torch.full_like(cond, self.null_class)
-        conditional, unconditional = self.model(torch.cat([tokens, tokens]), torch.cat([cond, null])).chunk(2)
+        both = None if at is None else torch.cat([at, at])  # the first K selected rows are the conditional's
+        conditional, unconditional = self.model(torch.cat([tokens, tokens]), torch.cat([cond, null]),
+                                                at=both).chunk(2)
         scale = self.scales[min(self.calls, len(self.scales) - 1)]
         self.calls += 1
         return unconditional + scale * (conditional - unconditional)
@@ -215,13 +217,15 @@ class Bucketed(torch.nn.Module):
         self.compiled = torch.compile(model, dynamic=False)
         self.max_batch = max_batch
 
-    def forward(self, tokens, cond=None):  # (A, h, w) -> (A, h, w, V)
+    def forward(self, tokens, cond=None, at=None):  # (A, h, w) -> (A, h, w, V); with at (K, V)
         a = tokens.shape[0]
         size = min(self.max_batch, 1 << (a - 1).bit_length())
         if size > a:
             tokens = torch.cat([tokens, tokens[:1].expand(size - a, *tokens.shape[1:])])
             cond = None if cond is None else torch.cat([cond, cond[:1].expand(size - a)])
-        return self.compiled(tokens, cond)[:a]
+        # the whole head inside the graph: a data-dependent K would recompile at every step
+        logits = self.compiled(tokens, cond)[:a]
+        return logits if at is None else logits[at]
 
 
 PRIOR_TYPES = {kind.name: kind for kind in (Sundae, Absorbing, Autoregressive)}

@@ -87,17 +87,17 @@ def sample(
 ):
     """Sample token grids by iterated parallel denoising.
 
-    model(tokens (A, h, w), cond (A, ...) or None) -> logits (A, h, w, V), V == num_tokens; pass
-    the EMA model in eval mode. start: a shape, (h, w) with nb_samples or (N, h, w), to start
+    model(tokens (A, h, w), cond (A, ...) or None, at=(A, h, w) bool) -> logits (K, V) at the
+    True positions of `at`, in row-major order, V == num_tokens; pass the EMA model in eval mode. start: a shape, (h, w) with nb_samples or (N, h, w), to start
     from uniform random tokens; or a LongTensor, (h, w) with nb_samples or (N, h, w), to start
     from those tokens. keep_mask: bool, (h, w) or (N, h, w), True where the start tokens must be
     kept (inpainting); it needs start tokens, and the other positions start from uniform noise.
     The model always sees the whole grid, kept tokens included. cond: None or a tensor whose
     first dimension is N (e.g. (N,) class labels).
 
-    Step t (0-based) draws x' ~ softmax(model(x) / temperature_t) and takes x' at each free
-    position with probability proportion_t. Freezing: a sample is frozen after step t if
-    t + 1 >= min_steps and its last `freeze_patience` steps each changed at most
+    Step t (0-based) picks each free position with probability proportion_t and replaces its
+    token with a draw from softmax(model(x) / temperature_t) there. Freezing: a sample is frozen
+    after step t if t + 1 >= min_steps and its last `freeze_patience` steps each changed at most
     `freeze_threshold` of its tokens (the paper: one step that changed none); a frozen sample
     leaves the batch (the model is called on the remaining rows only) and keeps its grid. With
     early_stop off nothing freezes and every sample uses `steps` steps.
@@ -119,16 +119,19 @@ def sample(
 
     for step in range(cfg.steps):
         current = tokens[active]  # (A, h, w)
-        logits = model(current, None if cond is None else cond[active])  # (A, h, w, V)
+        take = torch.rand(current.shape, generator=generator, device=device) < proportions[step]
+        if keep_mask is not None:
+            take &= ~keep_mask[active]
+        # Logits and draws at the K positions this step updates only: the same distribution as
+        # drawing everywhere and keeping the drawn positions, at a share of the head's and the
+        # draw's cost (at 32x32 x 8192 they are ~30% of a step: bench/README.md).
+        logits = model(current, None if cond is None else cond[active], at=take)  # (K, V)
         if logits.shape[-1] != num_tokens:
             raise SundaeError(
                 f"model gives {logits.shape[-1]} logits per position, expected num_tokens={num_tokens}"
             )
-        proposal = sample_categorical(logits.float() / temperatures[step], generator=generator)
-        take = torch.rand(current.shape, generator=generator, device=device) < proportions[step]
-        if keep_mask is not None:
-            take &= ~keep_mask[active]
-        updated = torch.where(take, proposal, current)
+        updated = current.clone()
+        updated[take] = sample_categorical(logits.float() / temperatures[step], generator=generator)
 
         tokens[active] = updated
         steps_used[active] += 1

@@ -40,6 +40,20 @@ def test_logits_shape(updown, attn_resampling, depth, shorten_factor, grid):
     assert model.num_tokens == V
 
 
+@pytest.mark.parametrize("depth", [2, (1, 1, 1)])
+def test_logits_at_selected_positions_are_the_full_logits_there(depth):
+    torch.manual_seed(0)
+    model = tiny(depth=depth, num_classes=3).eval()
+    x, cond = tokens(3, 4, 4), torch.tensor([0, 2, 1])
+    at = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(1)) < 0.3
+    with torch.no_grad():
+        full, selected = model(x, cond), model(x, cond, at=at)
+    assert selected.shape == (int(at.sum()), V)
+    assert torch.allclose(selected, full[at], atol=1e-6)  # row-major order, the same numbers
+    with pytest.raises(HourglassError, match="at: expected a bool mask of shape"):
+        model(x, cond, at=at[:2])
+
+
 def test_level_grids_of_nested_levels():
     model = tiny(depth=(1, (1, 1, 1), 1), shorten_factor=[4, 9])
     assert model.level_grids(12, 24) == [(12, 24), (6, 12), (2, 4)]

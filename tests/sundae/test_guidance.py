@@ -6,6 +6,7 @@ import tomllib
 import pytest
 import torch
 
+from hourglass_transformer import HourglassTransformerLM
 from sundae.config import config_from_dict
 from sundae.errors import SundaeError
 from sundae.priors import Guided, prior_type
@@ -26,11 +27,22 @@ class Recorder(torch.nn.Module):
         super().__init__()
         self.vocab, self.null_class, self.calls = vocab, null_class, []
 
-    def forward(self, tokens, cond):
+    def forward(self, tokens, cond, at=None):
         self.calls.append((tokens.shape[0], cond.tolist()))
         logits = torch.zeros(*tokens.shape, self.vocab)
         logits[..., 0] = torch.where(cond == self.null_class, 0.0, cond.float() + 1)[:, None, None]
-        return logits
+        return logits if at is None else logits[at]
+
+
+def test_guided_logits_at_selected_positions_are_the_full_guided_logits_there():
+    torch.manual_seed(0)
+    model = HourglassTransformerLM(num_tokens=7, dim=16, depth=2, heads=2, dim_head=8, num_classes=3).eval()
+    tokens, cond = torch.randint(7, (4, 3, 3)), torch.tensor([0, 1, 0, 1])
+    at = torch.rand(4, 3, 3, generator=torch.Generator().manual_seed(2)) < 0.5
+    with torch.no_grad():
+        full = Guided(model, torch.tensor([2.0]), null_class=2)(tokens, cond)
+        selected = Guided(model, torch.tensor([2.0]), null_class=2)(tokens, cond, at=at)
+    assert torch.allclose(selected, full[at], atol=1e-5)
 
 
 def test_guided_logits_from_one_batched_forward():

@@ -12,6 +12,11 @@ from sundae.sampler import SamplingConfig, proportion_schedule, sample, temperat
 VOCAB = 5
 
 
+def at_positions(logits, at):
+    """What a denoiser returns for the sampler: the logits at the positions it updates."""
+    return logits if at is None else logits[at]
+
+
 class StubModel:
     """All mass on next_token(tokens); records batch sizes, inputs and conds of every call."""
 
@@ -19,13 +24,13 @@ class StubModel:
         self.next_token = next_token
         self.batch_sizes, self.inputs, self.conds = [], [], []
 
-    def __call__(self, tokens, cond):
+    def __call__(self, tokens, cond, at=None):
         assert torch.is_inference_mode_enabled()
         self.batch_sizes.append(tokens.shape[0])
         self.inputs.append(tokens.clone())
         self.conds.append(None if cond is None else cond.clone())
         # 0 on the chosen token, -1e4 elsewhere: a one-hot distribution at any temperature used here.
-        return (F.one_hot(self.next_token(tokens), VOCAB).float() - 1) * 1e4  # (A, h, w, V)
+        return at_positions((F.one_hot(self.next_token(tokens), VOCAB).float() - 1) * 1e4, at)  # (K, V)
 
 
 def identity_model():
@@ -39,7 +44,7 @@ def countdown_model():
 
 def uniform_model():
     """Uniform logits: every draw is fresh noise, so free positions keep changing."""
-    return lambda tokens, cond: torch.zeros(*tokens.shape, VOCAB)
+    return lambda tokens, cond, at=None: at_positions(torch.zeros(*tokens.shape, VOCAB), at)
 
 
 class TableModel:
@@ -48,8 +53,8 @@ class TableModel:
     def __init__(self, seed=0):
         self.table = torch.randn(VOCAB, VOCAB, generator=torch.Generator().manual_seed(seed))
 
-    def __call__(self, tokens, cond):
-        return 3.0 * self.table[tokens]
+    def __call__(self, tokens, cond, at=None):
+        return at_positions(3.0 * self.table[tokens], at)
 
 
 # --- config and schedules ------------------------------------------------------------------------
@@ -101,11 +106,25 @@ def test_sampler_divides_logits_by_the_scheduled_temperature(monkeypatch):
 
     monkeypatch.setattr(sundae.sampler, "sample_categorical", recording_draw)
     model = TableModel()
-    cfg = SamplingConfig(steps=3, temperature=1.0, end_temperature=0.5, early_stop=False)
+    cfg = SamplingConfig(steps=3, temperature=1.0, end_temperature=0.5, sample_proportion=1.0, early_stop=False)
     result = sample(model, (2, 3), cfg, num_tokens=VOCAB, nb_samples=2, return_history=True,
                     generator=torch.Generator().manual_seed(0))
-    for step, temperature in enumerate([1.0, 0.75, 0.5]):
-        assert torch.allclose(seen[step], model(result.history[step], None) / temperature)
+    for step, temperature in enumerate([1.0, 0.75, 0.5]):  # proportion 1: every position, row-major
+        assert torch.allclose(seen[step], model(result.history[step], None).flatten(0, 2) / temperature)
+
+
+def test_drawing_only_at_updated_positions_keeps_the_step_distribution():
+    # The sampler asks for logits and draws only where it updates. One step from known tokens must
+    # still move token u to v with probability (1 - p) [u == v] + p softmax(logits(u) / tau)[v].
+    model, p, tau = TableModel(seed=3), 0.5, 0.8
+    cfg = SamplingConfig(steps=1, temperature=tau, sample_proportion=p, early_stop=False)
+    start = torch.randint(VOCAB, (8, 64, 64), generator=torch.Generator().manual_seed(4))
+    after = sample(model, start, cfg, num_tokens=VOCAB, generator=torch.Generator().manual_seed(5)).tokens
+    expected = (1 - p) * torch.eye(VOCAB) + p * (model.table * 3.0 / tau).softmax(-1)
+    for u in range(VOCAB):
+        moved = after[start == u]  # ~6500 positions: frequencies within 0.007 (1 sd)
+        seen = torch.bincount(moved, minlength=VOCAB).float() / moved.numel()
+        assert torch.allclose(seen, expected[u], atol=0.03), (u, seen, expected[u])
 
 
 def test_sampler_updates_the_scheduled_proportion_of_positions():
@@ -179,9 +198,9 @@ def test_kept_positions_never_change_and_the_model_sees_them():
     keep = torch.rand(3, 6, 7, generator=generator) < 0.5
     calls = []
 
-    def model(tokens, cond):
+    def model(tokens, cond, at=None):
         calls.append(tokens.clone())
-        return torch.zeros(*tokens.shape, VOCAB)
+        return at_positions(torch.zeros(*tokens.shape, VOCAB), at)
 
     cfg = SamplingConfig(steps=6, sample_proportion=1.0, early_stop=False)
     result = sample(model, start, cfg, num_tokens=VOCAB, keep_mask=keep, return_history=True, generator=generator)
@@ -266,11 +285,11 @@ class OneRestlessPosition(torch.nn.Module):
         self.vocab = vocab
         self.target = torch.arange(16).reshape(4, 4) % vocab
 
-    def forward(self, tokens, cond=None):
+    def forward(self, tokens, cond=None, at=None):
         logits = torch.full((*tokens.shape, self.vocab), -1e4)
         logits.scatter_(-1, self.target.expand_as(tokens)[..., None], 0.0)
         logits[:, 0, 0] = 0.0
-        return logits
+        return at_positions(logits, at)
 
 
 def test_the_papers_freezing_rule_rarely_fires_when_one_token_keeps_moving_and_the_quiet_rule_does():
