@@ -471,8 +471,9 @@ class HourglassTransformerLM(nn.Module):
             shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise HourglassError(f"tokens: expected a LongTensor (B, h, w), got {shape}")
         # Value checks read the tensor back: free on the CPU, a host sync per call on a GPU (where
-        # the embedding lookup asserts on a bad index anyway), so they run on the CPU only.
-        on_cpu = tokens.device.type == "cpu"
+        # the embedding lookup asserts on a bad index anyway), so they run on the CPU only, and not
+        # inside torch.compile, where reading a value back breaks the graph in two.
+        on_cpu = tokens.device.type == "cpu" and not torch.compiler.is_compiling()
         if on_cpu and bool(((tokens < 0) | (tokens >= self.num_tokens)).any()):
             raise HourglassError(f"tokens: values must lie in [0, {self.num_tokens})")
         b, h, w = tokens.shape
