@@ -25,19 +25,19 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # so `python bench/digits_search.py` works
 
-from evaluation.tokens import CACHE_NAME, TokenEvaluator  # noqa: E402
+from evaluation.tokens import CACHE_NAME, TokenEvaluator, relative_to_real  # noqa: E402
 from sundae.latents import LatentDataset  # noqa: E402
 from sundae.config import replace_section  # noqa: E402
 from sundae.pretrained import load_prior  # noqa: E402
 from sundae.priors import prior_type  # noqa: E402
 
-# Training recipes: {section: {key: value}} overrides of config/digits.toml.
+# Training recipes: {section: {key: value}} overrides of config/digits.toml. The default is
+# 6000 steps (warm-up 200); the search began from the earlier default of 2000 (warm-up 100).
 RECIPES = {
-    "base": {},
-    "long": {"trainer": {"max_steps": 6000, "warmup_steps": 200}},
-    "long4k": {"trainer": {"max_steps": 4000}},
+    "default": {},
+    "2k steps": {"trainer": {"max_steps": 2000, "warmup_steps": 100}},
+    "4k steps": {"trainer": {"max_steps": 4000, "warmup_steps": 100}},
     "big-batch": {"trainer": {"batch_size": 128, "learning_rate": 2e-3}},
-    "big-batch-long": {"trainer": {"batch_size": 128, "learning_rate": 2e-3, "max_steps": 4000}},
     "lr2e-3": {"trainer": {"learning_rate": 2e-3}},
     "ema999": {"trainer": {"ema_decay": 0.999}},
     "dropout": {"net": {"attn_dropout": 0.1, "ff_dropout": 0.1}},
@@ -45,28 +45,42 @@ RECIPES = {
     "unroll3": {"unroll_steps": 3},
     "unroll1": {"unroll_steps": 1},
     "cfg": {"net": {"cond_drop_prob": 0.1}},
+    "cfg 2k steps": {"net": {"cond_drop_prob": 0.1}, "trainer": {"max_steps": 2000, "warmup_steps": 100}},
     # the other priors on the same data, budget and (about) parameter count (issue: compare priors)
     "absorbing": {"prior": {"type": "absorbing"}, "unroll_steps": None,
                   "sampling": {"steps": 64, "temperature": 1.0, "end_temperature": None,
-                               "sample_proportion": 0.5, "end_sample_proportion": None}},
+                               "sample_proportion": 0.5, "end_sample_proportion": None,
+                               "freeze_threshold": None, "freeze_patience": None}},
     "autoregressive": {"prior": {"type": "autoregressive"}, "unroll_steps": None,
                        "net": {"type": "vanilla", "depth": 9, "shorten_factor": None},
                        "sampling": {"steps": 64, "temperature": 1.0, "end_temperature": None,
-                                    "sample_proportion": 0.5, "end_sample_proportion": None}},
+                                    "sample_proportion": 0.5, "end_sample_proportion": None,
+                                    "freeze_threshold": None, "freeze_patience": None}},
 }
 
-# Sampling settings: [sampling] overrides; each is scored on every trained recipe.
+# Sampling settings: [sampling] overrides; each is scored on every trained recipe. The default
+# freezes a sample after 2 steps in a row that change at most 5% of its tokens; "paper rule"
+# marks the settings that freeze after one step that changes nothing (the paper's rule).
+PAPER = {"freeze_threshold": 0.0, "freeze_patience": 1}
 SAMPLINGS = {
     "default": {},
-    "t1.0-0.8": {"end_temperature": 0.8},
-    "t1.0": {"end_temperature": 1.0},
-    "t0.9": {"temperature": 0.9, "end_temperature": 0.9},
-    "p-const-0.5": {"sample_proportion": 0.5, "end_sample_proportion": 0.5},
-    "steps20": {"steps": 20, "min_steps": 5},
-    "steps100": {"steps": 100},
+    "paper rule": PAPER,
+    "t1.0-0.8": {"end_temperature": 0.8, **PAPER},
+    "t1.0": {"end_temperature": 1.0, **PAPER},
+    "t1.0 quiet5%x2": {"end_temperature": 1.0},
+    "t1.0-0.9 quiet5%x2": {"end_temperature": 0.9},
+    "t0.9": {"temperature": 0.9, "end_temperature": 0.9, **PAPER},
+    "p-const-0.5": {"sample_proportion": 0.5, "end_sample_proportion": 0.5, **PAPER},
+    "steps20": {"steps": 20, "min_steps": 5, **PAPER},
+    "steps20 quiet5%x2": {"steps": 20, "min_steps": 5},
+    "steps100": {"steps": 100, **PAPER},
     "quiet2%x3": {"freeze_threshold": 0.02, "freeze_patience": 3},
     "quiet5%x2": {"freeze_threshold": 0.05, "freeze_patience": 2},
-    "t1.0-0.3": {"end_temperature": 0.3},
+    "t1.0-0.3": {"end_temperature": 0.3, **PAPER},
+    "t1.0-0.7": {"end_temperature": 0.7, **PAPER},
+    "t1.0-0.7 p-0.1": {"end_temperature": 0.7, "end_sample_proportion": 0.1, **PAPER},
+    "t1.0-0.8 p-0.1": {"end_temperature": 0.8, "end_sample_proportion": 0.1, **PAPER},
+    "t1.0-0.9": {"end_temperature": 0.9, **PAPER},
     "guidance1.5": {"guidance_scale": 1.5},
     "guidance2": {"guidance_scale": 2.0},
     "guidance3": {"guidance_scale": 3.0},
@@ -196,12 +210,17 @@ def summary_line(r):
             f"fd {sm.get('fd', 0):.2f} vs ref {ref.get('fd', 0):.2f} | steps {r['mean_steps']:.1f}/{r['steps_budget']}")
 
 
-def report(path):
-    """Mean and sd over seeds of each (recipe, sampling), against the reference rows."""
+def report(path, only=None):
+    """Mean and sd over seeds of each (recipe, sampling), against the reference rows; `only`
+    ({recipe: [samplings]}) restricts the table to those, in that order."""
     records = [json.loads(line) for line in Path(path).read_text().splitlines()]
     groups = {}
     for r in records:
-        groups.setdefault((r["recipe"], r["sampling"]), []).append(r)
+        if only is None or r["sampling"] in only.get(r["recipe"], ()):
+            groups.setdefault((r["recipe"], r["sampling"]), []).append(r)
+    if only is not None:
+        order = [(recipe, s) for recipe, samplings in only.items() for s in samplings]
+        groups = {key: groups[key] for key in order if key in groups}
     print("| recipe | sampling | seeds | FD (N=1000) | P | R | C | cond acc | FD/ref (n=M) | P/ref | R/ref | C/ref | "
           "steps used |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -210,12 +229,8 @@ def report(path):
             v = np.array([f(r) for r in rs], dtype=float)
             return f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else "")
 
-        def ratio(key):
-            def f(r):
-                rows = r["rows"]
-                small = next(k for k in rows if k.startswith("samples (n="))
-                return rows[small][key] / rows["eval vs train"][key]
-            return f
+        def ratio(key):  # the samples' class-matched subset over the eval-vs-train row, at equal n
+            return lambda r: relative_to_real(r["rows"])[key]
         s = lambda key: (lambda r: r["rows"]["samples"][key])  # noqa: E731
         print(f"| {recipe} | {sampling} | {len(rs)} | {stat(s('fd'))} | {stat(s('precision'))} | {stat(s('recall'))} | "
               f"{stat(s('coverage'))} | {stat(s('cond_accuracy'))} | {stat(ratio('fd'))} | {stat(ratio('precision'))} | "
@@ -225,7 +240,7 @@ def report(path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipes", nargs="+", default=["base"], choices=list(RECIPES))
+    p.add_argument("--recipes", nargs="+", default=["default"], choices=list(RECIPES))
     p.add_argument("--samplings", nargs="+", default=list(SAMPLINGS), choices=list(SAMPLINGS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--n", type=int, default=1000)

@@ -24,8 +24,13 @@ samples/s and seconds per sample for one batch (the same batch for every row of 
 ms per forward per sample. At 32x32 the time of AR without the cache comes from a fit over its
 calls (ar_no_cache_seconds), which the 8x8 run checks against a whole run.
 
-(b) quality, the same priors trained on digits and scored with the evaluation harness, is to
-come as a second section of this script (`main` runs the sections).
+(b) with --quality: quality, the same priors trained on digits with the digits config's budget
+(bench/digits_search.py's recipes "default", "absorbing", "autoregressive": the same data,
+steps, batch and learning rate, about the same parameter count), each sampled at N = 1000 (100
+per class) under its documented settings and scored by the evaluation harness; mean ± sd over
+--quality-seeds. Training runs are reused when their checkpoints exist.
+
+    .venv/bin/python bench/priors.py --quality --no-cost --quality-seeds 0   # ~25 min per prior per seed
 """
 import argparse
 import dataclasses
@@ -46,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python bench
 
 from hourglass_transformer import HourglassTransformerLM  # noqa: E402
 from hourglass_transformer.causal import CausalTransformerLM  # noqa: E402
+from bench import digits_search  # noqa: E402
 from sundae.absorbing import sample_absorbing, sample_maskgit  # noqa: E402
 from sundae.autoregressive import filter_logits, sample_autoregressive  # noqa: E402
 from sundae.categorical import sample_categorical  # noqa: E402
@@ -473,6 +479,23 @@ def print_notes(measured):
           "which the fused CPU kernel that the timings use partly skips.")
 
 
+# (b): each prior's recipe in bench/digits_search.py and the samplings scored on it
+QUALITY = {"default": ["default", "paper rule"],
+           "absorbing": ["unleashing64", "unleashing32", "maskgit12", "maskgit8"],
+           "autoregressive": ["ar", "ar-top-k5"]}
+
+
+def quality_section(args):
+    """(b) quality on digits: train (or reuse), sample N = 1000 and score each prior; one table."""
+    out = Path(args.quality_work) / "results.jsonl"
+    for recipe, samplings in QUALITY.items():
+        digits_search.main(["--recipes", recipe, "--samplings", *samplings, "--seeds", *map(str, args.quality_seeds),
+                            "--data", args.quality_data, "--work", args.quality_work, "--out", str(out),
+                            "--threads", str(args.threads), "--reuse"])
+    print(f"\n## quality on digits (N = 1000, 100 per class; {out})\n")
+    digits_search.report(out, only=QUALITY)
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, one timed run (seconds)")
@@ -489,6 +512,12 @@ def parse_args(argv):
     p.add_argument("--measure-ar-no-cache", action="store_true",
                    help="run AR without the cache whole at 32x32 too (default: fitted, see ar_no_cache_seconds)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-cost", action="store_true", help="skip (a), the cost tables")
+    p.add_argument("--quality", action="store_true", help="run (b): train each prior on digits, sample, score")
+    p.add_argument("--quality-seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--quality-data", default="data/digits")
+    p.add_argument("--quality-work", default="runs/priors-quality",
+                   help="configs, runs and results.jsonl of (b); a run whose checkpoint exists is reused")
     args = p.parse_args(argv)
     quick = args.quick
     args.repeats = args.repeats or (1 if quick else 3)
@@ -533,7 +562,10 @@ def main(argv=None):
         print(f"# {'quick' if args.quick else 'full'} run; seed {args.seed}; untrained models (cost only); "
               "absorbing, MaskGIT and AR at temperature 1 (AR without top-k/top-p), MaskGIT choice temperature 4.5")
         started = time.perf_counter()
-        cost_section(args)  # (b), quality on digits, is to be a second section here, behind its own flag
+        if not args.no_cost:
+            cost_section(args)
+        if args.quality:
+            quality_section(args)
         load = os.getloadavg()
         print(f"\n# run took {time.perf_counter() - started:.0f} s; load avg at the end {load[0]:.2f} {load[1]:.2f} "
               f"{load[2]:.2f}")

@@ -1,0 +1,70 @@
+"""bench/digits_search.py and bench/ablations.py: every recipe writes a config the one reader
+accepts, with the overrides it names; the report restricts, orders and relates rows to real data."""
+import json
+
+import pytest
+
+from bench import ablations, digits_search
+from sundae.config import load_config
+from tests.helpers import REPO
+
+DIGITS = REPO / "config" / "digits.toml"
+
+
+def written(tmp_path, name, overrides):
+    path = digits_search.write_config(DIGITS, overrides, tmp_path / "c.toml", name, tmp_path / "runs", tmp_path / "d")
+    return load_config(path, warn=False)
+
+
+@pytest.mark.parametrize("recipe", list(digits_search.RECIPES))
+def test_every_search_recipe_is_a_valid_config_with_its_overrides(tmp_path, recipe):
+    overrides = digits_search.RECIPES[recipe]
+    cfg = written(tmp_path, "x", overrides)
+    assert cfg.data.root == str(tmp_path / "d") and cfg.evaluation is None  # scored by the search, not in training
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                if value is not None:
+                    assert getattr(getattr(cfg, section), key) == (tuple(value) if isinstance(value, list) else value)
+
+
+def test_the_other_priors_drop_sundae_only_settings(tmp_path):
+    absorbing = written(tmp_path, "a", digits_search.RECIPES["absorbing"])
+    assert absorbing.prior.type == "absorbing" and absorbing.sampling.freeze_threshold == 0.0  # the default, not 0.05
+    ar = written(tmp_path, "b", digits_search.RECIPES["autoregressive"])
+    assert ar.prior.type == "autoregressive" and ar.net.type == "vanilla"
+
+
+def test_ablations_share_one_budget_when_asked(tmp_path, monkeypatch):
+    search = ablations.digits_search  # the module ablations fills in (imported by its own path)
+    monkeypatch.setattr(search, "RECIPES", dict(search.RECIPES))
+    monkeypatch.setattr(search, "SAMPLINGS", dict(search.SAMPLINGS))
+    monkeypatch.setattr(ablations, "equal_flops_depth", lambda base: 7)
+    ablations.register(max_steps=1234)
+    for name in ablations.TRAINING:
+        cfg = written(tmp_path, "x", search.RECIPES[name])
+        assert cfg.trainer.max_steps == 1234, name
+    assert written(tmp_path, "x", search.RECIPES["unroll T=3"]).unroll_steps == 3
+    vanilla = written(tmp_path, "x", search.RECIPES["vanilla, equal FLOPs"])
+    assert (vanilla.net.type, vanilla.net.depth) == ("vanilla", 7)
+
+
+def record(recipe, sampling, seed, fd, real_fd=50.0):
+    rows = {"samples": {"n": 1000, "fd": fd, "precision": 0.9, "recall": 0.8, "coverage": 0.7, "cond_accuracy": 0.99},
+            "samples (n=130)": {"n": 130, "fd": 2 * fd, "precision": 0.9, "recall": 0.8, "coverage": 0.7},
+            "eval vs train": {"n": 130, "fd": real_fd, "precision": 0.9, "recall": 1.0, "coverage": 0.35}}
+    return {"recipe": recipe, "sampling": sampling, "seed": seed, "rows": rows, "mean_steps": 20.0,
+            "steps_budget": 50}
+
+
+def test_report_means_over_seeds_relative_to_real_data_and_filters(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    lines = [record("b", "x", 0, 10.0), record("a", "y", 0, 30.0), record("a", "y", 1, 50.0), record("c", "z", 0, 1.0)]
+    path.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    digits_search.report(path, only={"a": ["y"], "b": ["x"]})
+    table = [line.split(" | ") for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [row[0].strip("| ") for row in table] == ["a", "b"]  # the order asked for; "c" left out
+    a = table[0]
+    assert a[2] == "2" and a[3] == "40.000 ± 14.142"  # mean ± sd over the two seeds
+    assert a[8] == "1.600 ± 0.566"  # FD/ref: the n=130 subset (2 * fd) over the real row's 50, per seed
+    assert a[10] == "0.800 ± 0.000" and a[11] == "2.000 ± 0.000"  # recall 0.8 / 1.0, coverage 0.7 / 0.35
