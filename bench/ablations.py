@@ -95,7 +95,7 @@ def main(argv=None):
     p.add_argument("--work", default="runs/ablations")
     p.add_argument("--out", default="runs/ablations/results.jsonl")
     p.add_argument("--max-steps", type=int, help="every variant's training budget (default: the digits "
-                   "config's max_steps); the table in bench/README.md is at 1500")
+                   "config's max_steps); the table in bench/README.md is at 1000")
     p.add_argument("--report", metavar="RESULTS.jsonl")
     args = p.parse_args(argv)
     register(args.max_steps)
