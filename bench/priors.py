@@ -259,7 +259,9 @@ def counted_flops(fn):
 
 
 def grid_forward_flops(model, shape):
-    """FLOPs of one sample's forward of a grid model (every SUNDAE/absorbing/MaskGIT call)."""
+    """FLOPs of one sample's forward of a grid model (every SUNDAE/absorbing/MaskGIT call). The
+    SUNDAE sampler runs the logits head at the positions a step updates only, so for it this is an
+    upper bound (by the head's share times the proportion not updated)."""
     tokens = torch.zeros((1, *shape.grid), dtype=torch.long)
     cond = torch.zeros(1, dtype=torch.long) if shape.num_classes else None
     return counted_flops(lambda: model(tokens, cond))

@@ -124,7 +124,9 @@ def test_ar_flops_equal_the_counter_over_a_whole_sampling_run(digits, use_cache)
 def test_grid_flops_times_forwards_equal_the_counter_over_a_sundae_run(digits):
     torch.manual_seed(0)
     model = priors.hourglass(digits, digits.vocab).eval()
-    cfg = dataclasses.replace(digits.cfg.sampling, steps=3, min_steps=1, early_stop=False)
+    # proportion 1: every position picked, so the head runs everywhere, as grid_forward_flops counts it
+    cfg = dataclasses.replace(digits.cfg.sampling, steps=3, min_steps=1, early_stop=False, sample_proportion=1.0,
+                              end_sample_proportion=1.0)
     counted = priors.counted_flops(lambda: sample(
         model, digits.grid, cfg, num_tokens=digits.vocab, nb_samples=1, cond=torch.zeros(1, dtype=torch.long),
         generator=torch.Generator().manual_seed(0)))
