@@ -23,7 +23,7 @@ test-fast: $(STAMP)
 # Every script uses one CPU thread unless SUNDAE_THREADS (a number, or 'all') or OMP_NUM_THREADS
 # says otherwise: on a shared machine more threads spin and slow down (README: CPU threads).
 # The main job on the embedded default: build the digits dataset (bundled with scikit-learn),
-# train the prior on the CPU for a few minutes, sample 1000 digits (100 per class), inpaint, and
+# train the prior on the CPU (~25 minutes: bench/README.md), sample 1000 digits (100 per class), inpaint, and
 # score the samples with the evaluation harness beside its two reference rows.
 DEMO := demo-out
 demo: $(STAMP)

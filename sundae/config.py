@@ -45,6 +45,9 @@ class TrainerConfig:
     grad_clip: NonNegativeFloat = 1.0  # max global grad norm; 0 disables clipping
     ema_decay: Probability = 0.999     # EMA of the weights used for sampling; 0 disables
     precision: Precision = "32"        # "bf16-mixed" / "16-mixed" on a GPU
+    # torch.compile the denoiser for the training steps (not evaluation or sampling): a one-off
+    # compile (about a minute on a CPU) for faster steps; numerics differ from eager in the last bits
+    compile: bool = False
     metric_names: Optional[list[str]] = ignored(None, "loss and accuracy are always logged")
     log_frequency: PositiveInt = 10
     runs_dir: str = "runs"

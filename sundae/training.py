@@ -64,9 +64,19 @@ class PriorModule(pl.LightningModule):
             cond = self.prior.drop_classes(cond, generator)
         return self.prior.loss(model, tokens, cond, generator)
 
+    def training_model(self):
+        """The denoiser the training steps run: self.model, or with [trainer] compile its
+        torch.compile wrapper (the same parameters; kept out of the module's children, so
+        checkpoints and the EMA see only self.model)."""
+        if not self.cfg.trainer.compile:
+            return self.model
+        if "_compiled" not in self.__dict__:
+            self.__dict__["_compiled"] = torch.compile(self.model)
+        return self.__dict__["_compiled"]
+
     def training_step(self, batch, batch_idx):
         g = step_generator(self.seed, self.global_step, self.global_rank, self.device)
-        out = self._loss(self.model, batch, g, drop_classes=True)
+        out = self._loss(self.training_model(), batch, g, drop_classes=True)
         stop_if_not_finite(out.loss, self.global_step + 1, check_now=self.device.type == "cpu"
                            or self.global_step % self.cfg.trainer.log_frequency == 0)
         # Lightning writes training metrics every log_every_n_steps (log_frequency) steps; logging

@@ -364,3 +364,23 @@ def test_classifier_free_guidance_end_to_end(tmp_path):
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert summary["sampling"]["guidance_scale"] == 3 and summary["sampling"]["end_guidance_scale"] == 1
     assert "4 samples" in proc.stdout
+
+
+@pytest.mark.slow
+def test_compiled_training_follows_the_eager_run_and_saves_the_same_keys(tmp_path):
+    losses, states = {}, {}
+    for compiled in (False, True):
+        name = f"compile-{compiled}"
+        text = renamed(TINY_CONFIG, name).replace("[trainer]", f"[trainer]\n    compile = {str(compiled).lower()}")
+        cfg = write_tiny_config(tmp_path, text)
+        expect_ok(run_main("train.py", "--cfg-path", cfg, "--max-steps", 6))
+        run_dir = tmp_path / "runs" / name
+        losses[compiled] = [value for _, value in metrics(run_dir, "train/loss")]
+        states[compiled] = load(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+        load_denoiser(run_dir / "checkpoints" / "last.ckpt", load_config(cfg))  # loads as any checkpoint
+    assert states[True].keys() == states[False].keys()  # no compiled wrapper in the checkpoint
+    assert len(losses[True]) == len(losses[False]) > 0
+    # the same steps on the same batches: equal up to compiled kernels' rounding
+    assert np.allclose(losses[True], losses[False], rtol=1e-4, atol=1e-5), (losses[True], losses[False])
+    for key, value in states[False].items():
+        assert torch.allclose(states[True][key].float(), value.float(), rtol=1e-3, atol=1e-5), key
