@@ -85,7 +85,11 @@ def shapes(args, cuda):
     q = args.quick
     found = [Shape("digits", digits, 3 if q else 10, 3 if q else 10, 2 if q else 4),
              Shape("ffhq1024-cpu-width", ffhq, 1 if q else 2, 1 if q else 2, 1 if q else 3)]
-    return [s for s in found if s.name in args.shapes]
+    found = [s for s in found if s.name in args.shapes]
+    if args.compile:  # the same shapes with [trainer] compile: the compile happens in the warm-up
+        found += [dataclasses.replace(s, name=f"{s.name} (compiled)", cfg=replace_section(s.cfg, "trainer", compile=True))
+                  for s in found]
+    return found
 
 
 class RandomTokens(torch.utils.data.Dataset):
@@ -168,7 +172,7 @@ def raw_step_s(shape, device, run_dir):
         def closure():
             optimizer.zero_grad(set_to_none=True)
             with amp:
-                out = module._loss(module.model, (tokens, labels), step_generator(0, step, 0, device),
+                out = module._loss(module.training_model(), (tokens, labels), step_generator(0, step, 0, device),
                                    drop_classes=True)
             stop_if_not_finite(out.loss, step + 1, check_now=device.type == "cpu" or step % tr.log_frequency == 0)
             out.loss.backward()
@@ -253,6 +257,7 @@ def parse_args(argv):
     p.add_argument("--ffhq-batch", type=int, default=None, help="FFHQ1024-shape batch (default 2 on CPU, 1 with --quick, 16 on CUDA)")
     p.add_argument("--threads", default=None, help="intra-op threads (default: infra.devices.configure_threads' rule)")
     p.add_argument("--no-cuda", action="store_true", help="skip the CUDA table even when a GPU is present")
+    p.add_argument("--compile", action="store_true", help="also each shape with [trainer] compile (torch.compile)")
     args = p.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 2)
     return args
