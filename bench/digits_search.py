@@ -59,32 +59,36 @@ RECIPES = {
 }
 
 # Sampling settings: [sampling] overrides; each is scored on every trained recipe. The default
-# freezes a sample after 2 steps in a row that change at most 5% of its tokens; "paper rule"
-# marks the settings that freeze after one step that changes nothing (the paper's rule).
+# (temperature 1.0 -> 0.9, proportion 0.8 -> 0.2) freezes a sample after 2 steps in a row that
+# change at most 10% of its tokens; "paper rule" marks the settings that freeze after one step
+# that changes nothing (the paper's rule). The search began from temperature 1.0 -> 0.6.
 PAPER = {"freeze_threshold": 0.0, "freeze_patience": 1}
 SAMPLINGS = {
     "default": {},
     "paper rule": PAPER,
+    "t1.0-0.6 paper rule": {"end_temperature": 0.6, **PAPER},
+    "t1.0-0.6 quiet5%x2": {"end_temperature": 0.6, "freeze_threshold": 0.05},
     "t1.0-0.8": {"end_temperature": 0.8, **PAPER},
     "t1.0": {"end_temperature": 1.0, **PAPER},
-    "t1.0 quiet5%x2": {"end_temperature": 1.0},
-    "t1.0-0.9 quiet5%x2": {"end_temperature": 0.9},
-    "t1.0-0.8 quiet5%x2": {"end_temperature": 0.8},
+    "t1.0 quiet5%x2": {"end_temperature": 1.0, "freeze_threshold": 0.05},
+    "t1.0-0.9 quiet5%x2": {"end_temperature": 0.9, "freeze_threshold": 0.05},
+    "t1.0-0.8 quiet5%x2": {"end_temperature": 0.8, "freeze_threshold": 0.05},
     "t1.0 quiet10%x2": {"end_temperature": 1.0, "freeze_threshold": 0.1},
     "t1.0-0.9 quiet10%x2": {"end_temperature": 0.9, "freeze_threshold": 0.1},
     "t1.0-0.8 quiet10%x2": {"end_temperature": 0.8, "freeze_threshold": 0.1},
     "t0.9": {"temperature": 0.9, "end_temperature": 0.9, **PAPER},
-    "p-const-0.5": {"sample_proportion": 0.5, "end_sample_proportion": 0.5, **PAPER},
-    "steps20": {"steps": 20, "min_steps": 5, **PAPER},
-    "steps20 quiet5%x2": {"steps": 20, "min_steps": 5},
-    "steps100": {"steps": 100, **PAPER},
-    "quiet2%x3": {"freeze_threshold": 0.02, "freeze_patience": 3},
-    "quiet5%x2": {"freeze_threshold": 0.05, "freeze_patience": 2},
+    "p-const-0.5": {"end_temperature": 0.6, "sample_proportion": 0.5, "end_sample_proportion": 0.5, **PAPER},
+    "steps20": {"steps": 20, "min_steps": 5, "end_temperature": 0.6, **PAPER},
+    "steps20 quiet5%x2": {"steps": 20, "min_steps": 5, "end_temperature": 0.6, "freeze_threshold": 0.05},
+    "steps100": {"steps": 100, "end_temperature": 0.6, **PAPER},
+    "quiet2%x3": {"end_temperature": 0.6, "freeze_threshold": 0.02, "freeze_patience": 3},
+    "quiet5%x2": {"end_temperature": 0.6, "freeze_threshold": 0.05, "freeze_patience": 2},
     "t1.0-0.3": {"end_temperature": 0.3, **PAPER},
     "t1.0-0.7": {"end_temperature": 0.7, **PAPER},
     "t1.0-0.7 p-0.1": {"end_temperature": 0.7, "end_sample_proportion": 0.1, **PAPER},
     "t1.0-0.8 p-0.1": {"end_temperature": 0.8, "end_sample_proportion": 0.1, **PAPER},
     "t1.0-0.9": {"end_temperature": 0.9, **PAPER},
+    "default bf16": {"precision": "bf16"},  # inference autocast (sample.py --precision bf16)
     "guidance1.5": {"guidance_scale": 1.5},
     "guidance2": {"guidance_scale": 2.0},
     "guidance3": {"guidance_scale": 3.0},
@@ -189,6 +193,7 @@ def run(args):
             for name in todo:
                 overrides = dict(SAMPLINGS[name])
                 prior.type = prior_type(replace_section(prior.cfg, "prior", **overrides.pop("prior", {})))
+                prior.precision = overrides.pop("precision", "32")
                 sampling = dataclasses.replace(prior.cfg.sampling, **overrides)
                 t0 = time.perf_counter()
                 tokens, labels, steps = draw(prior, sampling, args.n, args.batch_size, seed=1000 + seed)
