@@ -1,6 +1,5 @@
 """Inference precision and compiled sampling: bf16 gives valid grids with the same sampling
 logic, float16 is refused on the CPU, and the compiled sampler draws the eager sampler's tokens."""
-import dataclasses
 import tomllib
 
 import pytest
