@@ -36,7 +36,6 @@ import argparse
 import dataclasses
 import math
 import os
-import platform
 import sys
 import time
 from datetime import date
@@ -52,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python bench
 from hourglass_transformer import HourglassTransformerLM  # noqa: E402
 from hourglass_transformer.causal import CausalTransformerLM  # noqa: E402
 from bench import digits_search  # noqa: E402
+from bench.backbone import machine as cpu_machine  # noqa: E402
 from sundae.absorbing import sample_absorbing, sample_maskgit  # noqa: E402
 from sundae.autoregressive import filter_logits, sample_autoregressive  # noqa: E402
 from sundae.categorical import sample_categorical  # noqa: E402
@@ -385,15 +385,7 @@ def measure_shape(shape, seed):
 
 
 def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, float32"
+    return f"{cpu_machine(torch.device('cpu'))}, {os.cpu_count()} cores"
 
 
 def print_params(measured):
