@@ -31,3 +31,27 @@ def test_the_foreach_ema_is_averaged_models_update_bit_for_bit():
     restored._update_ema()
     reference.update_parameters(restored.model)
     assert all(torch.equal(a, b) for a, b in zip(restored.ema.state_dict().values(), reference.state_dict().values()))
+
+
+def test_loading_a_checkpoint_rereads_whether_the_ema_has_started():
+    """A module that has averaged, then loads a checkpoint saved before any update, copies again."""
+    cfg = config_from_dict(tomllib.loads(TINY_CONFIG.format(runs="runs", data="data/tiny")), warn=False)
+    torch.manual_seed(0)
+    fresh_state = PriorModule(cfg, seed=0).state_dict()  # n_averaged = 0
+    module = PriorModule(cfg, seed=0)
+    for _ in range(2):
+        module._update_ema()  # now it has started
+    module.load_state_dict(fresh_state)
+    module.on_load_checkpoint({})
+    with torch.no_grad():
+        for p in module.model.parameters():
+            p.add_(1.0)
+    module._update_ema()
+    reference = copy.deepcopy(module.ema)
+    reference.load_state_dict(fresh_state_ema(fresh_state))
+    reference.update_parameters(module.model)  # n_averaged 0: a copy of the model
+    assert all(torch.equal(a, b) for a, b in zip(module.ema.state_dict().values(), reference.state_dict().values()))
+
+
+def fresh_state_ema(state):
+    return {k.removeprefix("ema."): v for k, v in state.items() if k.startswith("ema.")}
