@@ -70,15 +70,15 @@ def equal_flops_depth(base_cfg):
     return best[0]
 
 
-def register(max_steps=None):
-    """Add the variants to digits_search's tables, so its loop trains and scores them; with
-    max_steps, every variant trains for that many steps instead of the digits config's."""
+def register(trainer=None):
+    """Add the variants to digits_search's tables, so its loop trains and scores them; `trainer`
+    ({key: value}, e.g. max_steps) overrides the digits config's [trainer] for every variant."""
     base = load_config(REPO / "config" / "digits.toml", warn=False)
     for name, overrides in TRAINING.items():
         if overrides is None:
             overrides = {"net": {"type": "vanilla", "depth": equal_flops_depth(base)}}
-        if max_steps is not None:
-            overrides = {**overrides, "trainer": {**overrides.get("trainer", {}), "max_steps": max_steps}}
+        if trainer:
+            overrides = {**overrides, "trainer": {**overrides.get("trainer", {}), **trainer}}
         digits_search.RECIPES[name] = overrides
     for name, overrides in SAMPLING.items():
         if overrides.get("end_temperature", 0) is None:
@@ -94,11 +94,14 @@ def main(argv=None):
     p.add_argument("--data", default="data/digits")
     p.add_argument("--work", default="runs/ablations")
     p.add_argument("--out", default="runs/ablations/results.jsonl")
-    p.add_argument("--max-steps", type=int, help="every variant's training budget (default: the digits "
-                   "config's max_steps); the table in bench/README.md is at 1000")
+    # the table in bench/README.md: --max-steps 1000 --learning-rate 1e-3 --warmup-steps 200
+    p.add_argument("--max-steps", type=int, help="every variant's training budget (default: the digits config's)")
+    p.add_argument("--learning-rate", type=float, help="every variant's peak learning rate (default: the config's)")
+    p.add_argument("--warmup-steps", type=int, help="every variant's warm-up (default: the config's)")
     p.add_argument("--report", metavar="RESULTS.jsonl")
     args = p.parse_args(argv)
-    register(args.max_steps)
+    trainer = {"max_steps": args.max_steps, "learning_rate": args.learning_rate, "warmup_steps": args.warmup_steps}
+    register({k: v for k, v in trainer.items() if v is not None})
     if args.report:
         digits_search.report(args.report)
         return

@@ -40,10 +40,10 @@ def test_ablations_share_one_budget_when_asked(tmp_path, monkeypatch):
     monkeypatch.setattr(search, "RECIPES", dict(search.RECIPES))
     monkeypatch.setattr(search, "SAMPLINGS", dict(search.SAMPLINGS))
     monkeypatch.setattr(ablations, "equal_flops_depth", lambda base: 7)
-    ablations.register(max_steps=1234)
+    ablations.register({"max_steps": 1234, "learning_rate": 5e-4})
     for name in ablations.TRAINING:
         cfg = written(tmp_path, "x", search.RECIPES[name])
-        assert cfg.trainer.max_steps == 1234, name
+        assert (cfg.trainer.max_steps, cfg.trainer.learning_rate) == (1234, 5e-4), name
     assert written(tmp_path, "x", search.RECIPES["unroll T=3"]).unroll_steps == 3
     vanilla = written(tmp_path, "x", search.RECIPES["vanilla, equal FLOPs"])
     assert (vanilla.net.type, vanilla.net.depth) == ("vanilla", 7)
