@@ -53,6 +53,10 @@ RECIPES = {
                                      "learning_rate": 2e-3}},
     "1k lr3e-3 ema99": {"trainer": {"max_steps": 1000, "warmup_steps": 50, "learning_rate": 3e-3,
                                     "ema_decay": 0.99}},
+    "1k lr3e-3 dropout": {"trainer": {"max_steps": 1000, "warmup_steps": 50, "learning_rate": 3e-3},
+                          "net": {"attn_dropout": 0.1, "ff_dropout": 0.1}},
+    "1k lr3e-3 wide x500": {"trainer": {"max_steps": 500, "warmup_steps": 25, "learning_rate": 3e-3},
+                            "net": {"dim": 96, "dim_head": 24}},  # 2.25x the FLOPs per step, half the steps
     # the learning rate that did best at 1000 steps, at longer budgets (the shortest that meets
     # the targets decides the demo's time)
     "2k lr3e-3": {"trainer": {"max_steps": 2000, "warmup_steps": 100, "learning_rate": 3e-3}},
