@@ -30,7 +30,7 @@ steps, batch and learning rate, about the same parameter count), each sampled at
 per class) under its documented settings and scored by the evaluation harness; mean ± sd over
 --quality-seeds. Training runs are reused when their checkpoints exist.
 
-    .venv/bin/python bench/priors.py --quality --no-cost --quality-seeds 0   # ~25 min per prior per seed
+    .venv/bin/python bench/priors.py --quality --no-cost --quality-seeds 0 1   # ~25 min per prior per seed
 """
 import argparse
 import dataclasses
