@@ -33,6 +33,7 @@ from sundae.priors import prior_type  # noqa: E402
 
 # Training recipes: {section: {key: value}} overrides of config/digits.toml. The default is
 # 6000 steps (warm-up 200); the search began from the earlier default of 2000 (warm-up 100).
+ONE_K = {"max_steps": 1000, "warmup_steps": 50}
 RECIPES = {
     "default": {},
     "2k steps": {"trainer": {"max_steps": 2000, "warmup_steps": 100}},
@@ -45,23 +46,19 @@ RECIPES = {
     "unroll3": {"unroll_steps": 3},
     "unroll1": {"unroll_steps": 1},
     # within the demo's time budget (about 1000 steps of the default model on one idle core):
-    # the other recipe levers, each at equal training compute (batch x steps x model FLOPs)
-    "1k": {"trainer": {"max_steps": 1000, "warmup_steps": 50}},
-    "1k lr3e-3": {"trainer": {"max_steps": 1000, "warmup_steps": 50, "learning_rate": 3e-3}},
-    "1k lr6e-3": {"trainer": {"max_steps": 1000, "warmup_steps": 50, "learning_rate": 6e-3}},
-    "1k b16x2k lr2e-3": {"trainer": {"max_steps": 2000, "warmup_steps": 100, "batch_size": 16,
-                                     "learning_rate": 2e-3}},
-    "1k lr3e-3 ema99": {"trainer": {"max_steps": 1000, "warmup_steps": 50, "learning_rate": 3e-3,
-                                    "ema_decay": 0.99}},
-    "1k lr3e-3 dropout": {"trainer": {"max_steps": 1000, "warmup_steps": 50, "learning_rate": 3e-3},
-                          "net": {"attn_dropout": 0.1, "ff_dropout": 0.1}},
+    # the other recipe levers, each at about equal training compute (batch x steps x model FLOPs)
+    "1k": {"trainer": ONE_K},
+    "1k lr3e-3": {"trainer": {**ONE_K, "learning_rate": 3e-3}},
+    "1k lr6e-3": {"trainer": {**ONE_K, "learning_rate": 6e-3}},
+    "1k b16x2k lr2e-3": {"trainer": {"max_steps": 2000, "warmup_steps": 100, "batch_size": 16, "learning_rate": 2e-3}},
+    "1k lr3e-3 ema99": {"trainer": {**ONE_K, "learning_rate": 3e-3, "ema_decay": 0.99}},
+    "1k lr3e-3 dropout": {"trainer": {**ONE_K, "learning_rate": 3e-3}, "net": {"attn_dropout": 0.1, "ff_dropout": 0.1}},
     "1k lr3e-3 wide x500": {"trainer": {"max_steps": 500, "warmup_steps": 25, "learning_rate": 3e-3},
                             "net": {"dim": 96, "dim_head": 24}},  # 2.25x the FLOPs per step, half the steps
     # the learning rate that did best at 1000 steps, at longer budgets (the shortest that meets
     # the targets decides the demo's time)
-    "2k lr3e-3": {"trainer": {"max_steps": 2000, "warmup_steps": 100, "learning_rate": 3e-3}},
-    "3k lr3e-3": {"trainer": {"max_steps": 3000, "warmup_steps": 100, "learning_rate": 3e-3}},
-    "4k lr3e-3": {"trainer": {"max_steps": 4000, "warmup_steps": 100, "learning_rate": 3e-3}},
+    **{f"{k}k lr3e-3": {"trainer": {"max_steps": 1000 * k, "warmup_steps": 100, "learning_rate": 3e-3}}
+       for k in (2, 3, 4)},
     "cfg": {"net": {"cond_drop_prob": 0.1}},
     "cfg 2k steps": {"net": {"cond_drop_prob": 0.1}, "trainer": {"max_steps": 2000, "warmup_steps": 100}},
     # the other priors on the same data, budget and (about) parameter count (issue: compare priors)

@@ -9,8 +9,12 @@ from sundae.training import PriorModule
 from tests.helpers import TINY_CONFIG
 
 
+def tiny_config():
+    return config_from_dict(tomllib.loads(TINY_CONFIG.format(runs="runs", data="data/tiny")), warn=False)
+
+
 def test_the_foreach_ema_is_averaged_models_update_bit_for_bit():
-    cfg = config_from_dict(tomllib.loads(TINY_CONFIG.format(runs="runs", data="data/tiny")), warn=False)
+    cfg = tiny_config()
     torch.manual_seed(0)
     module = PriorModule(cfg, seed=0)
     reference = copy.deepcopy(module.ema)  # torch's own AveragedModel, updated the documented way
@@ -35,23 +39,18 @@ def test_the_foreach_ema_is_averaged_models_update_bit_for_bit():
 
 def test_loading_a_checkpoint_rereads_whether_the_ema_has_started():
     """A module that has averaged, then loads a checkpoint saved before any update, copies again."""
-    cfg = config_from_dict(tomllib.loads(TINY_CONFIG.format(runs="runs", data="data/tiny")), warn=False)
+    cfg = tiny_config()
     torch.manual_seed(0)
-    fresh_state = PriorModule(cfg, seed=0).state_dict()  # n_averaged = 0
+    fresh = PriorModule(cfg, seed=0)  # n_averaged = 0
+    reference = copy.deepcopy(fresh.ema)
     module = PriorModule(cfg, seed=0)
     for _ in range(2):
         module._update_ema()  # now it has started
-    module.load_state_dict(fresh_state)
+    module.load_state_dict(fresh.state_dict())
     module.on_load_checkpoint({})
     with torch.no_grad():
         for p in module.model.parameters():
             p.add_(1.0)
     module._update_ema()
-    reference = copy.deepcopy(module.ema)
-    reference.load_state_dict(fresh_state_ema(fresh_state))
     reference.update_parameters(module.model)  # n_averaged 0: a copy of the model
     assert all(torch.equal(a, b) for a, b in zip(module.ema.state_dict().values(), reference.state_dict().values()))
-
-
-def fresh_state_ema(state):
-    return {k.removeprefix("ema."): v for k, v in state.items() if k.startswith("ema.")}
