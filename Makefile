@@ -20,25 +20,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slow"
 
-# Every script uses one CPU thread unless SUNDAE_THREADS (a number, or 'all') or OMP_NUM_THREADS
-# says otherwise: on a shared machine more threads spin and slow down (README: CPU threads).
-# The main job on the embedded default: build the digits dataset (bundled with scikit-learn),
-# train the prior on the CPU (~25 minutes: bench/README.md), sample 1000 digits (100 per class), inpaint, and
-# score the samples with the evaluation harness beside its two reference rows.
+# The main job on the embedded default (scripts/demo.sh): build the digits dataset (bundled with
+# scikit-learn), train the prior on the CPU, sample 1000 digits (100 per class), inpaint, and score
+# the samples with the evaluation harness beside its two reference rows. Its threads: the cores
+# the load average leaves free unless SUNDAE_THREADS says otherwise (README: CPU threads).
 DEMO := demo-out
 demo: $(STAMP)
-	rm -rf $(DEMO)
-	$(PY) generate-discrete-mnist.py digits data/digits --overwrite
-	$(PY) train.py --cfg-path config/digits.toml --overwrite
-	$(PY) sample.py --cfg-path config/digits.toml --resume runs/digits/checkpoints/last.ckpt \
-		--nb-samples 1000 --batch-size 250 --class-balanced --out-dir $(DEMO)/samples --no-progress \
-		--save-latents $(DEMO)/samples.npy --save-labels $(DEMO)/labels.npy --grid $(DEMO)/samples.png
-	$(PY) inpaint.py --dataset-rows 0 1 2 3 4 5 --cfg-path config/digits.toml \
-		--resume runs/digits/checkpoints/last.ckpt --block 4 0 4 8 --nb-samples 6 \
-		--out-dir $(DEMO)/inpainting
-	@echo "samples: $(DEMO)/samples.png  inpainting: $(DEMO)/inpainting/"
-	$(PY) evaluate.py $(DEMO)/samples.npy --dataset data/digits --labels $(DEMO)/labels.npy \
-		--sampling-summary $(DEMO)/samples/summary.json --json $(DEMO)/quality.json
+	bash scripts/demo.sh $(PY) $(DEMO)
 
 # The whole image pipeline on photographs bundled with scikit-image (no download), on the CPU in
 # about ten minutes: crops, train-vqgan.py, generate-latents.py, train.py, then sample.py,

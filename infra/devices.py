@@ -104,14 +104,24 @@ def usable_cores():
         return os.cpu_count() or 1
 
 
+def idle_cores(load=None):
+    """The usable cores no other work holds: usable_cores() less the 1-minute load average
+    (rounded; `load` overrides the reading), at least 1. A snapshot: resolve it once per job."""
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, usable_cores() - round(load))
+
+
 def _parse_threads(value, what, allow_all=True):
     text = str(value).strip()
     if allow_all and text.lower() == "all":
         return usable_cores()
+    if allow_all and text.lower() == "idle":
+        return idle_cores()
     if what == "OMP_NUM_THREADS":
         text = text.split(",")[0].strip()  # OpenMP allows one count per nesting level: the first is ours
     if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
-        expected = "a whole number >= 1" + (" or 'all'" if allow_all else "")
+        expected = "a whole number >= 1" + (", 'all' or 'idle'" if allow_all else "")
         raise UserError(f"{what}={value!r}: not a thread count; expected {expected}")
     return int(text)
 
@@ -131,7 +141,8 @@ def thread_count(threads=None, environ=None):
 def configure_threads(threads=None, environ=None):
     """Set torch's CPU threads for this process; every script calls this first. Returns ThreadSettings.
 
-    Intra-op threads, first of: `threads` (an int, or "all" for every usable core), the
+    Intra-op threads, first of: `threads` (an int, "all" for every usable core, or "idle" for
+    the cores the load average leaves free), the
     environment variable SUNDAE_THREADS (same values), OMP_NUM_THREADS (the standard variable,
     which torch also reads at import), else DEFAULT_THREADS (1: see above; on a machine of your
     own with a model large enough to share out, SUNDAE_THREADS=all is faster). A value that is

@@ -1,6 +1,7 @@
 """Test helpers: running the top-level scripts, tiny configs and datasets, the VQ-GAN fixtures."""
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +105,17 @@ def write_tiny_config(tmp_path, text=TINY_CONFIG, **fields):
     path = tmp_path / "tiny.toml"
     path.write_text(text.format(runs=tmp_path / "runs", data=data, **fields))
     return path
+
+
+def shrunk_digits_config(text, tmp_path):
+    """A shipped digits config's text, shrunk to train in seconds, its data and runs in tmp_path
+    (the dataset at tmp_path / 'digits'); no [evaluation] (sample quality is tested elsewhere)."""
+    for key, value in (("max_steps", 30), ("eval_frequency", 15), ("checkpoint_frequency", 15),
+                       ("warmup_steps", 5), ("dim", 32), ("nb_samples", 8)):
+        text = re.sub(rf"(\n    {key} = )[^\n#]*", rf"\g<1>{value}", text, count=1)
+    text = re.sub(r"\n\[evaluation\].*", "\n", text, flags=re.S)
+    text = text.replace("root = 'data/digits'", f"root = '{tmp_path / 'digits'}'")
+    return text.replace("[trainer]", f"[trainer]\n    runs_dir = '{tmp_path / 'runs'}'", 1)
 
 
 def run_main(script, *args):

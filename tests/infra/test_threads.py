@@ -4,7 +4,7 @@ import ast
 import pytest
 import torch
 
-from infra.devices import (DEFAULT_THREADS, THREADS_ENV, ThreadSettings, configure_threads, thread_count,
+from infra.devices import (DEFAULT_THREADS, THREADS_ENV, ThreadSettings, configure_threads, idle_cores, thread_count,
                            usable_cores)
 from infra.errors import UserError
 from tests.helpers import REPO, assert_user_error, run_script
@@ -36,6 +36,15 @@ def test_all_means_every_usable_core():
     assert thread_count("all")[0] == usable_cores()
 
 
+def test_idle_is_the_cores_the_load_average_leaves(monkeypatch):
+    monkeypatch.setattr("infra.devices.usable_cores", lambda: 4)
+    assert [idle_cores(load) for load in (0.0, 0.4, 0.6, 1.2, 2.0, 3.6, 9.0)] == [4, 4, 3, 3, 2, 1, 1]
+    monkeypatch.setattr("os.getloadavg", lambda: (1.1, 5.0, 5.0))  # the 1-minute reading decides
+    assert idle_cores() == 3
+    assert thread_count(environ={THREADS_ENV: "idle"}) == (3, THREADS_ENV)
+    assert thread_count(" Idle ")[0] == 3
+
+
 def test_omp_num_threads_is_the_fallback():
     assert thread_count(environ={"OMP_NUM_THREADS": "3"}) == (3, "OMP_NUM_THREADS")
     # OpenMP's nested form: one count per level, the first is the outer one
@@ -51,7 +60,7 @@ def test_precedence_argument_then_sundae_threads_then_omp():
 
 @pytest.mark.parametrize("name, value", [
     (THREADS_ENV, "0"), (THREADS_ENV, "-1"), (THREADS_ENV, "two"), (THREADS_ENV, "1.5"), (THREADS_ENV, "2 cores"),
-    ("OMP_NUM_THREADS", "all"), ("OMP_NUM_THREADS", "abc"), ("OMP_NUM_THREADS", "0"),
+    ("OMP_NUM_THREADS", "all"), ("OMP_NUM_THREADS", "idle"), ("OMP_NUM_THREADS", "abc"), ("OMP_NUM_THREADS", "0"),
 ])
 def test_bad_values_are_one_line_user_errors(name, value):
     with pytest.raises(UserError) as info:

@@ -1,7 +1,6 @@
 """Every prior type round-trips through the scripts on digits: train.py, sample.py (npz),
 inpaint.py, sample-interactive.py, with the one interface (sundae.priors) and no branching in the
 scripts; wrong-prior checkpoints and masks a prior cannot inpaint are one-line errors."""
-import re
 
 import numpy as np
 import pytest
@@ -9,21 +8,11 @@ import torch
 
 from sundae.config import load_config
 from sundae.priors import PRIOR_TYPES, build_denoiser
-from tests.helpers import REPO, assert_user_error, run_main
+from tests.helpers import REPO, assert_user_error, run_main, shrunk_digits_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 CONFIGS = {"sundae": "digits.toml", "absorbing": "digits-absorbing.toml", "autoregressive": "digits-ar.toml"}
-
-
-def small(text, tmp_path):
-    """A shipped digits config, shrunk to train in seconds into tmp_path."""
-    for key, value in (("max_steps", 30), ("eval_frequency", 15), ("checkpoint_frequency", 15),
-                       ("warmup_steps", 5), ("dim", 32), ("nb_samples", 8)):
-        text = re.sub(rf"(\n    {key} = )[^\n#]*", rf"\g<1>{value}", text, count=1)
-    text = re.sub(r"\n\[evaluation\].*", "\n", text, flags=re.S)  # sample quality is tested elsewhere
-    text = text.replace("root = 'data/digits'", f"root = '{tmp_path / 'digits'}'")
-    return text.replace("[trainer]", f"[trainer]\n    runs_dir = '{tmp_path / 'runs'}'", 1)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +28,7 @@ def trained(digits):
     runs = {}
     for kind, name in CONFIGS.items():
         cfg = digits / name
-        cfg.write_text(small((REPO / "config" / name).read_text(), digits))
+        cfg.write_text(shrunk_digits_config((REPO / "config" / name).read_text(), digits))
         proc = run_main("train.py", "--cfg-path", cfg)
         assert proc.returncode == 0, proc.stderr[-3000:]
         exp = load_config(cfg).trainer.exp_name

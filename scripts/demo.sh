@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The main job on the embedded default (config/digits.toml), what `make demo` runs:
+#   scikit-learn's bundled digits -> train.py (SUNDAE prior) -> sample.py (1000 class-balanced
+#   samples) -> inpaint.py -> evaluate.py (the samples beside the harness's reference rows).
+# Each stage prints the time since the start, so the run is its own profile (bench/README.md).
+#
+#   scripts/demo.sh [PYTHON] [OUT_DIR] [CONFIG]   (defaults: .venv/bin/python demo-out config/digits.toml)
+set -euo pipefail
+
+PY=${1:-.venv/bin/python}
+OUT=${2:-demo-out}
+CFG=${3:-config/digits.toml}
+# Resolved once for the whole job: the config's run directory and dataset (the demo owns both and
+# starts them from scratch), and the CPU threads: SUNDAE_THREADS or OMP_NUM_THREADS if set, else
+# 'idle', the cores the 1-minute load average leaves free. Every script alone takes one thread; a second makes the
+# digits step 1.4x faster on an idle machine but spins when another process shares the cores, so
+# it is taken only when they look free (README: CPU threads).
+resolved=$("$PY" - "$CFG" <<'PYTHON'
+import os
+import sys
+from infra.devices import thread_count
+from infra.errors import UserError
+from sundae.config import load_config
+try:
+    cfg = load_config(sys.argv[1])
+    env = dict(os.environ)
+    if not any(env.get(name, "").strip() for name in ("SUNDAE_THREADS", "OMP_NUM_THREADS")):
+        env["SUNDAE_THREADS"] = "idle"
+    print(f"{cfg.trainer.runs_dir}/{cfg.trainer.exp_name}", cfg.data.root, thread_count(environ=env)[0])
+except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+PYTHON
+) || exit 2
+read -r RUN DATA SUNDAE_THREADS <<< "$resolved"
+CKPT=$RUN/checkpoints/last.ckpt
+export SUNDAE_THREADS
+
+rm -rf "$OUT" "$RUN"
+SECONDS=0
+stage() { echo; echo "=== [$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
+echo "threads: $SUNDAE_THREADS"
+
+stage "1/5 the digits dataset"
+"$PY" generate-discrete-mnist.py digits "$DATA" --overwrite
+
+stage "2/5 train the prior"
+"$PY" train.py --cfg-path "$CFG" --overwrite
+
+stage "3/5 sample 1000 digits, 100 per class"
+"$PY" sample.py --cfg-path "$CFG" --resume "$CKPT" --nb-samples 1000 --batch-size 250 --class-balanced \
+    --out-dir "$OUT/samples" --no-progress --save-latents "$OUT/samples.npy" --save-labels "$OUT/labels.npy" \
+    --grid "$OUT/samples.png"
+
+stage "4/5 inpaint the bottom half of six held-out digits"
+"$PY" inpaint.py --dataset-rows 0 1 2 3 4 5 --cfg-path "$CFG" --resume "$CKPT" --block 4 0 4 8 \
+    --nb-samples 6 --out-dir "$OUT/inpainting"
+
+stage "5/5 score the samples with the evaluation harness"
+"$PY" evaluate.py "$OUT/samples.npy" --dataset "$DATA" --labels "$OUT/labels.npy" \
+    --sampling-summary "$OUT/samples/summary.json" --json "$OUT/quality.json"
+
+stage "done"
+echo "samples: $OUT/samples.png  inpainting: $OUT/inpainting/  scores: $OUT/quality.json"
