@@ -31,8 +31,14 @@ from sundae.config import replace_section  # noqa: E402
 from sundae.pretrained import load_prior  # noqa: E402
 from sundae.priors import prior_type  # noqa: E402
 
-# Training recipes: {section: {key: value}} overrides of config/digits.toml. The default is
-# 6000 steps (warm-up 200); the search began from the earlier default of 2000 (warm-up 100).
+# Training recipes: {section: {key: value}} overrides of SEARCH_BASE, itself applied over
+# config/digits.toml: the recipe most rows were measured on, kept fixed so that they stay
+# reproducible as the shipped default moves. "default" is that recipe (the digits default of issue
+# 12: 6000 steps of the [2, 4, 2] hourglass at learning rate 1e-3, warm-up 200; the search began
+# from the earlier default of 2000 steps); SHIPPED names the recipe config/digits.toml ships now.
+SEARCH_BASE = {"trainer": {"max_steps": 6000, "warmup_steps": 200, "learning_rate": 1e-3},
+               "net": {"depth": [2, 4, 2]}}
+SHIPPED = "5k lr3e-3 [1,6,1]"
 ONE_K = {"max_steps": 1000, "warmup_steps": 50}
 RECIPES = {
     "default": {},
@@ -59,6 +65,15 @@ RECIPES = {
     # the targets decides the demo's time)
     **{f"{k}k lr3e-3": {"trainer": {"max_steps": 1000 * k, "warmup_steps": 100, "learning_rate": 3e-3}}
        for k in (2, 3, 4)},
+    # the demo's 5 minutes on two idle cores hold about 2000 steps of the default model: shallower
+    # full-resolution stacks (the costly layers on 8x8 grids) for as many more steps as fit the same
+    # training time on one core (measured: [1, 6, 1] 0.8x, [1, 4, 1] 0.68x the default's step time)
+    "2.5k lr3e-3 [1,6,1]": {"trainer": {"max_steps": 2500, "warmup_steps": 100, "learning_rate": 3e-3},
+                            "net": {"depth": [1, 6, 1]}},
+    **{f"{k}k lr3e-3 [1,6,1]": {"trainer": {"max_steps": 1000 * k, "warmup_steps": 100, "learning_rate": 3e-3},
+                                 "net": {"depth": [1, 6, 1]}} for k in (3, 4, 5)},
+    "3k lr3e-3 [1,4,1]": {"trainer": {"max_steps": 3000, "warmup_steps": 100, "learning_rate": 3e-3},
+                          "net": {"depth": [1, 4, 1]}},
     "cfg": {"net": {"cond_drop_prob": 0.1}},
     "cfg 2k steps": {"net": {"cond_drop_prob": 0.1}, "trainer": {"max_steps": 2000, "warmup_steps": 100}},
     # the other priors on the same data, budget and (about) parameter count (issue: compare priors)
@@ -126,6 +141,17 @@ def toml_value(value):
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return repr(value)
+
+
+def with_search_base(overrides):
+    """A recipe's overrides merged over SEARCH_BASE, section by section (the recipe wins)."""
+    merged = {section: dict(values) for section, values in SEARCH_BASE.items()}
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section].update(values)
+        else:
+            merged[section] = values
+    return merged
 
 
 def write_config(base, overrides, path, exp_name, runs_dir, data):
@@ -199,8 +225,8 @@ def run(args):
             if not todo:
                 continue
             exp = re.sub(r"[^A-Za-z0-9._-]+", "-", recipe).strip("-") + f"-s{seed}"
-            cfg = write_config(REPO / "config" / "digits.toml", RECIPES[recipe], work / f"{exp}.toml", exp,
-                               work / "runs", data)
+            cfg = write_config(REPO / "config" / "digits.toml", with_search_base(RECIPES[recipe]),
+                               work / f"{exp}.toml", exp, work / "runs", data)
             ckpt = work / "runs" / exp / "checkpoints" / "last.ckpt"
             train_seconds = None if ckpt.exists() and args.reuse else train(cfg, seed, args.threads)
             torch.set_num_threads(args.threads)

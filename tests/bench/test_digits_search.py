@@ -12,8 +12,27 @@ DIGITS = REPO / "config" / "digits.toml"
 
 
 def written(tmp_path, name, overrides):
-    path = digits_search.write_config(DIGITS, overrides, tmp_path / "c.toml", name, tmp_path / "runs", tmp_path / "d")
+    """The config the search trains for a recipe: its overrides over the search's fixed base."""
+    path = digits_search.write_config(DIGITS, digits_search.with_search_base(overrides), tmp_path / "c.toml", name,
+                                      tmp_path / "runs", tmp_path / "d")
     return load_config(path, warn=False)
+
+
+def test_recipes_override_the_fixed_search_base_not_the_shipped_config(tmp_path):
+    # the recorded rows' "default": 6000 steps of the [2, 4, 2] hourglass at 1e-3, whatever ships
+    default = written(tmp_path, "d", digits_search.RECIPES["default"])
+    assert (default.trainer.max_steps, default.trainer.learning_rate, tuple(default.net.depth)) == (6000, 1e-3, (2, 4, 2))
+    wide = written(tmp_path, "w", digits_search.RECIPES["wide"])
+    assert (wide.net.dim, tuple(wide.net.depth), wide.trainer.max_steps) == (96, (2, 4, 2), 6000)
+
+
+def test_the_shipped_recipe_is_config_digits_as_shipped(tmp_path):
+    shipped, config = written(tmp_path, "s", digits_search.RECIPES[digits_search.SHIPPED]), load_config(DIGITS)
+    for section in ("trainer", "net", "sampling", "data"):
+        ours, theirs = vars(getattr(shipped, section)), vars(getattr(config, section))
+        ignore = {"exp_name", "runs_dir", "root"}
+        assert {k: v for k, v in ours.items() if k not in ignore} == {k: v for k, v in theirs.items() if k not in ignore}
+    assert shipped.unroll_steps == config.unroll_steps
 
 
 @pytest.mark.parametrize("recipe", list(digits_search.RECIPES))
@@ -25,7 +44,8 @@ def test_every_search_recipe_is_a_valid_config_with_its_overrides(tmp_path, reci
         if isinstance(values, dict):
             for key, value in values.items():
                 if value is not None:
-                    assert getattr(getattr(cfg, section), key) == (tuple(value) if isinstance(value, list) else value)
+                    got = getattr(getattr(cfg, section), key)
+                    assert (list(got) if isinstance(got, tuple) else got) == value
 
 
 def test_the_other_priors_drop_sundae_only_settings(tmp_path):
