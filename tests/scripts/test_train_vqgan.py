@@ -178,17 +178,20 @@ def test_perplexity_counts_equally_used_codes():
 def test_reconstruction_error_falls(tmp_path):
     images = smooth_images(tmp_path / "images", 24, 16, seed=2)
     cfg = write_config(tmp_path / "tiny.yaml", tiny_config(
-        max_steps=60, eval_every=20, checkpoint_every=60, restart_dead_codes=False))
+        max_steps=300, eval_every=100, checkpoint_every=300, restart_dead_codes=False))
     cfg_dict = yaml.safe_load(cfg.read_text())
     cfg_dict["model"]["params"]["lossconfig"]["params"]["disc_start"] = 1000  # reconstruction only
     cfg_dict["model"]["base_learning_rate"] = 1e-3
     write_config(cfg, cfg_dict)
     train("--cfg-path", cfg, "--dataset", images, "--run-dir", tmp_path / "run", "--no-save")
     rec = [v for _, v in metrics(tmp_path / "run", "train/rec_loss")]
-    assert len(rec) == 60
+    assert len(rec) == 300
     first, last = np.mean(rec[:5]), np.mean(rec[-5:])
-    assert last < 0.75 * first, (first, last)  # seen: 0.48 -> 0.30
+    assert last < 0.75 * first, (first, last)
     held_out = [v for _, v in metrics(tmp_path / "run", "eval/l1")]
+    # held-out L1 moves slowly and with last-bit noise: over 60 steps it was flat (0.432 -> 0.439, one
+    # thread on an Intel Xeon; falling with two threads, or on AMD EPYC); over 300 steps it falls with
+    # one thread and two (seen 0.425 -> 0.402, 0.412 -> 0.396)
     assert len(held_out) == 3 and held_out[-1] < held_out[0], held_out
 
 
