@@ -23,7 +23,7 @@ test-fast: $(STAMP)
 # The main job on the embedded default (scripts/demo.sh): build the digits dataset (bundled with
 # scikit-learn), train the prior on the CPU, sample 1000 digits (100 per class), inpaint, and score
 # the samples with the evaluation harness beside its two reference rows. Its threads: the cores
-# the load average leaves free unless SUNDAE_THREADS says otherwise (README: CPU threads).
+# other work leaves free when it starts, unless SUNDAE_THREADS says otherwise (README: CPU threads).
 DEMO := demo-out
 demo: $(STAMP)
 	bash scripts/demo.sh $(PY) $(DEMO)

@@ -2,6 +2,7 @@
 threads of every script (configure_threads, called first by each entry point)."""
 import dataclasses
 import os
+import time
 
 import torch
 
@@ -104,12 +105,37 @@ def usable_cores():
         return os.cpu_count() or 1
 
 
-def idle_cores(load=None):
-    """The usable cores no other work holds: usable_cores() less the 1-minute load average
-    (rounded; `load` overrides the reading), at least 1. A snapshot: resolve it once per job."""
-    if load is None:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, usable_cores() - round(load))
+def _cpu_times(stat_path):
+    """(all, idle) jiffies of the machine from /proc/stat's first line (idle counts iowait)."""
+    with open(stat_path) as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    return sum(fields), fields[3] + fields[4]
+
+
+def busy_cores(interval=0.5, stat_path="/proc/stat"):
+    """How many of the machine's cores other work kept busy over the next `interval` seconds (this
+    process sleeps meanwhile), from /proc/stat; None where it cannot be read (not Linux)."""
+    try:
+        total0, idle0 = _cpu_times(stat_path)
+        time.sleep(interval)
+        total1, idle1 = _cpu_times(stat_path)
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / (total1 - total0))
+
+
+def idle_cores(busy=None):
+    """The usable cores no other work holds: usable_cores() less the cores busy now (rounded;
+    `busy` overrides the reading), at least 1. Busy is measured over half a second (busy_cores),
+    else read from the 1-minute load average, which lags: a job that ended a minute ago still
+    counts in it. A snapshot: resolve it once per job."""
+    if busy is None:
+        busy = busy_cores()
+    if busy is None:
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, usable_cores() - round(busy))
 
 
 def _parse_threads(value, what, allow_all=True):
@@ -142,7 +168,7 @@ def configure_threads(threads=None, environ=None):
     """Set torch's CPU threads for this process; every script calls this first. Returns ThreadSettings.
 
     Intra-op threads, first of: `threads` (an int, "all" for every usable core, or "idle" for
-    the cores the load average leaves free), the
+    the cores other work leaves free now: idle_cores), the
     environment variable SUNDAE_THREADS (same values), OMP_NUM_THREADS (the standard variable,
     which torch also reads at import), else DEFAULT_THREADS (1: see above; on a machine of your
     own with a model large enough to share out, SUNDAE_THREADS=all is faster). A value that is

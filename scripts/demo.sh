@@ -12,9 +12,9 @@ OUT=${2:-demo-out}
 CFG=${3:-config/digits.toml}
 # Resolved once for the whole job: the config's run directory and dataset (the demo owns both and
 # starts them from scratch), and the CPU threads: SUNDAE_THREADS or OMP_NUM_THREADS if set, else
-# 'idle', the cores the 1-minute load average leaves free. Every script alone takes one thread; a second makes the
-# digits step 1.4x faster on an idle machine but spins when another process shares the cores, so
-# it is taken only when they look free (README: CPU threads).
+# 'idle', the cores other work leaves free now. Every script alone takes one thread; a second
+# makes the digits step 1.4x faster on an idle machine but spins when another process shares the
+# cores, so it is taken only when they look free (README: CPU threads).
 resolved=$("$PY" - "$CFG" <<'PYTHON'
 import os
 import sys

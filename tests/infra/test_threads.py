@@ -1,11 +1,12 @@
 """configure_threads: the CPU thread rule every script applies first (issue 14)."""
 import ast
+import os
 
 import pytest
 import torch
 
-from infra.devices import (DEFAULT_THREADS, THREADS_ENV, ThreadSettings, configure_threads, idle_cores, thread_count,
-                           usable_cores)
+from infra.devices import (DEFAULT_THREADS, THREADS_ENV, ThreadSettings, busy_cores, configure_threads, idle_cores,
+                           thread_count, usable_cores)
 from infra.errors import UserError
 from tests.helpers import REPO, assert_user_error, run_script
 
@@ -36,13 +37,42 @@ def test_all_means_every_usable_core():
     assert thread_count("all")[0] == usable_cores()
 
 
-def test_idle_is_the_cores_the_load_average_leaves(monkeypatch):
+def test_idle_is_the_usable_cores_less_the_busy_ones(monkeypatch):
     monkeypatch.setattr("infra.devices.usable_cores", lambda: 4)
-    assert [idle_cores(load) for load in (0.0, 0.4, 0.6, 1.2, 2.0, 3.6, 9.0)] == [4, 4, 3, 3, 2, 1, 1]
-    monkeypatch.setattr("os.getloadavg", lambda: (1.1, 5.0, 5.0))  # the 1-minute reading decides
+    assert [idle_cores(busy) for busy in (0.0, 0.4, 0.6, 1.2, 2.0, 3.6, 9.0)] == [4, 4, 3, 3, 2, 1, 1]
+    monkeypatch.setattr("infra.devices.busy_cores", lambda: 1.1)
     assert idle_cores() == 3
     assert thread_count(environ={THREADS_ENV: "idle"}) == (3, THREADS_ENV)
     assert thread_count(" Idle ")[0] == 3
+
+
+def test_idle_falls_back_to_the_load_average_where_proc_stat_is_unreadable(monkeypatch):
+    monkeypatch.setattr("infra.devices.usable_cores", lambda: 4)
+    monkeypatch.setattr("infra.devices.busy_cores", lambda: None)
+    monkeypatch.setattr("os.getloadavg", lambda: (2.2, 5.0, 5.0))  # the 1-minute reading decides
+    assert idle_cores() == 2
+
+
+def write_stat(path, user, idle, iowait=0, system=0):
+    path.write_text(f"cpu  {user} 0 {system} {idle} {iowait} 0 0 0 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+
+
+def test_busy_cores_are_the_non_idle_share_of_the_interval(tmp_path, monkeypatch):
+    # two samples of /proc/stat's first line, half a second apart: 150 of 200 jiffies idle (iowait
+    # counts as idle) on a 2-core machine is half a core busy
+    stat = tmp_path / "stat"
+    write_stat(stat, user=1000, idle=5000)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("time.sleep", lambda s: write_stat(stat, user=1030, system=20, idle=5120, iowait=30))
+    assert busy_cores(stat_path=stat) == pytest.approx(2 * (1 - 150 / 200))
+    monkeypatch.setattr("time.sleep", lambda s: None)  # no time passed: no reading
+    assert busy_cores(stat_path=stat) is None
+    assert busy_cores(stat_path=tmp_path / "absent") is None
+
+
+def test_busy_cores_read_this_machine():
+    busy = busy_cores(interval=0.05)
+    assert busy is None or 0 <= busy <= (os.cpu_count() or 1)
 
 
 def test_omp_num_threads_is_the_fallback():
