@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 import digits_search  # noqa: E402  (the train / sample / score loop and the results format)
-from sundae.config import load_config, replace_section  # noqa: E402
+from sundae.config import load_config  # noqa: E402
 from sundae.priors import build_denoiser  # noqa: E402
 
 TRAINING = {
@@ -57,15 +57,6 @@ def training_flops(cfg):
     return counter.get_total_flops()
 
 
-def search_base():
-    """config/digits.toml under digits_search.SEARCH_BASE: the default each variant changes one
-    thing of (the [2, 4, 2] hourglass of the recorded table, whatever the shipped config is now)."""
-    cfg = load_config(REPO / "config" / "digits.toml", warn=False)
-    for section, values in digits_search.SEARCH_BASE.items():
-        cfg = replace_section(cfg, section, **values)
-    return cfg
-
-
 def equal_flops_depth(base_cfg):
     """The vanilla depth whose forward FLOPs are closest to the hourglass's."""
     target = training_flops(base_cfg)
@@ -82,7 +73,7 @@ def equal_flops_depth(base_cfg):
 def register(trainer=None):
     """Add the variants to digits_search's tables, so its loop trains and scores them; `trainer`
     ({key: value}, e.g. max_steps) overrides the digits config's [trainer] for every variant."""
-    base = search_base()
+    base = digits_search.search_base_config()  # the [2, 4, 2] default of the recorded table, whatever ships now
     for name, overrides in TRAINING.items():
         if overrides is None:
             overrides = {"net": {"type": "vanilla", "depth": equal_flops_depth(base)}}

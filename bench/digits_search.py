@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))  # so `python bench/digits_search.py` works
 
 from evaluation.tokens import CACHE_NAME, TokenEvaluator, relative_to_real  # noqa: E402
 from sundae.latents import LatentDataset  # noqa: E402
-from sundae.config import replace_section  # noqa: E402
+from sundae.config import load_config, replace_section  # noqa: E402
 from sundae.pretrained import load_prior  # noqa: E402
 from sundae.priors import prior_type  # noqa: E402
 
@@ -68,10 +68,8 @@ RECIPES = {
     # the demo's 5 minutes on two idle cores hold about 2000 steps of the default model: shallower
     # full-resolution stacks (the costly layers on 8x8 grids) for as many more steps as fit the same
     # training time on one core (measured: [1, 6, 1] 0.8x, [1, 4, 1] 0.68x the default's step time)
-    "2.5k lr3e-3 [1,6,1]": {"trainer": {"max_steps": 2500, "warmup_steps": 100, "learning_rate": 3e-3},
-                            "net": {"depth": [1, 6, 1]}},
-    **{f"{k}k lr3e-3 [1,6,1]": {"trainer": {"max_steps": 1000 * k, "warmup_steps": 100, "learning_rate": 3e-3},
-                                 "net": {"depth": [1, 6, 1]}} for k in (3, 4, 5)},
+    **{f"{k:g}k lr3e-3 [1,6,1]": {"trainer": {"max_steps": int(1000 * k), "warmup_steps": 100, "learning_rate": 3e-3},
+                                   "net": {"depth": [1, 6, 1]}} for k in (2.5, 3, 4, 5)},
     "3k lr3e-3 [1,4,1]": {"trainer": {"max_steps": 3000, "warmup_steps": 100, "learning_rate": 3e-3},
                           "net": {"depth": [1, 4, 1]}},
     "cfg": {"net": {"cond_drop_prob": 0.1}},
@@ -152,6 +150,14 @@ def with_search_base(overrides):
         else:
             merged[section] = values
     return merged
+
+
+def search_base_config():
+    """config/digits.toml under SEARCH_BASE, loaded: the recipe the recorded rows start from."""
+    cfg = load_config(REPO / "config" / "digits.toml", warn=False)
+    for section, values in SEARCH_BASE.items():
+        cfg = replace_section(cfg, section, **values)
+    return cfg
 
 
 def write_config(base, overrides, path, exp_name, runs_dir, data):

@@ -22,6 +22,10 @@ def test_recipes_override_the_fixed_search_base_not_the_shipped_config(tmp_path)
     # the recorded rows' "default": 6000 steps of the [2, 4, 2] hourglass at 1e-3, whatever ships
     default = written(tmp_path, "d", digits_search.RECIPES["default"])
     assert (default.trainer.max_steps, default.trainer.learning_rate, tuple(default.net.depth)) == (6000, 1e-3, (2, 4, 2))
+    loaded = digits_search.search_base_config()  # the same base, loaded (what the ablations start from)
+    assert vars(loaded.trainer) | {"exp_name": None, "runs_dir": None} == vars(default.trainer) | {"exp_name": None,
+                                                                                                 "runs_dir": None}
+    assert vars(loaded.net) == vars(default.net)
     wide = written(tmp_path, "w", digits_search.RECIPES["wide"])
     assert (wide.net.dim, tuple(wide.net.depth), wide.trainer.max_steps) == (96, (2, 4, 2), 6000)
 
