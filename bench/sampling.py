@@ -32,13 +32,20 @@ from sundae.priors import Bucketed, build_denoiser  # noqa: E402
 from sundae.sampler import sample  # noqa: E402
 
 
-def timed(fn, repeats):
-    """The fastest of `repeats` calls of fn (after one warm-up), in seconds, and fn's last result."""
+def timed(fn, repeats, device):
+    """The fastest of `repeats` calls of fn (after one warm-up), in seconds, and fn's last result.
+    On CUDA the clock stops after the device has finished (kernels run asynchronously)."""
+    def finished():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     result = fn()
     best = float("inf")
     for _ in range(repeats):
+        finished()
         start = time.perf_counter()
         result = fn()
+        finished()
         best = min(best, time.perf_counter() - start)
     return best, result
 
@@ -68,14 +75,14 @@ def speed_table(args, device):
     for early in (True, False):
         cfg = dataclasses.replace(digits.sampling, early_stop=early)
         n = args.digits_samples
-        seconds, result = timed(lambda: draw(model, (8, 8), 17, cfg, n, device, classes=10), args.repeats)
+        seconds, result = timed(lambda: draw(model, (8, 8), 17, cfg, n, device, classes=10), args.repeats, device)
         rows.append((f"digits 8x8 ({note})", early, cfg.steps, n / seconds, result.steps_used.float().mean().item()))
     ffhq = ffhq_shape(args.dim)
     model = build_denoiser(ffhq, device).eval()
     for early in (True, False):
         cfg = dataclasses.replace(ffhq.sampling, early_stop=early, steps=args.ffhq_steps)
         n = args.ffhq_samples
-        seconds, result = timed(lambda: draw(model, (32, 32), 8192, cfg, n, device), 1)
+        seconds, result = timed(lambda: draw(model, (32, 32), 8192, cfg, n, device), 1, device)
         rows.append((f"ffhq1024 shape 32x32, dim {args.dim} (untrained)", early, cfg.steps, n / seconds,
                      result.steps_used.float().mean().item()))
     print("| model | early stop | max steps | samples/s | mean steps used |\n|---|---|---|---|---|")
@@ -109,8 +116,8 @@ def step_split(args, device):
         f"categorical draw, the updated positions (p = {p})": lambda: sample_categorical(logits_at.float(), generator=g),
     }
     one_step = dataclasses.replace(cfg.sampling, steps=1, early_stop=False)
-    whole, _ = timed(lambda: sample(model, x, one_step, num_tokens=8192, generator=g, device=device), args.repeats)
-    times = {name: timed(fn, args.repeats)[0] for name, fn in parts.items()}
+    whole, _ = timed(lambda: sample(model, x, one_step, num_tokens=8192, generator=g, device=device), args.repeats, device)
+    times = {name: timed(fn, args.repeats, device)[0] for name, fn in parts.items()}
     now = [name for name in times if "every position" not in name]
     times["bookkeeping (proportion mask, updates)"] = max(0.0, whole - sum(times[name] for name in now))
     before = whole + sum(t for name, t in times.items() if "every position" in name) - sum(
@@ -132,7 +139,7 @@ def precision_table(args, device):
     times = {}
     for _ in range(args.repeats):  # interleaved, so both see the same load
         for precision in ("32", "bf16"):
-            seconds, _ = timed(lambda: draw(model, (32, 32), 8192, sampling, n, device, precision=precision), 1)
+            seconds, _ = timed(lambda: draw(model, (32, 32), 8192, sampling, n, device, precision=precision), 1, device)
             times[precision] = min(times.get(precision, float("inf")), seconds)
     print(f"| precision | samples/s (32x32 x 8192, dim {args.dim}, {sampling.steps} steps, batch {n}) | speed-up |")
     print("|---|---|---|")
@@ -154,7 +161,7 @@ def compile_table(args, device):
     times = {}
     for _ in range(args.repeats):
         for name, m in (("eager", model), ("compiled", compiled)):
-            seconds, _ = timed(lambda: draw(m, (8, 8), 17, sampling, n, device, classes=10), 1)
+            seconds, _ = timed(lambda: draw(m, (8, 8), 17, sampling, n, device, classes=10), 1, device)
             times[name] = min(times.get(name, float("inf")), seconds)
     print(f"| digits 8x8, {sampling.steps} steps, batch {n} | samples/s | speed-up |\n|---|---|---|")
     for name, seconds in times.items():

@@ -25,6 +25,7 @@ Lightning and raw runs (other processes can only add time). The data are random 
 shape's vocabulary (the step's cost does not depend on their values).
 
     .venv/bin/python bench/training.py            # CPU float32 table; a CUDA bf16 table too on a GPU
+    .venv/bin/python bench/training.py --device cuda   # the CUDA table alone
     .venv/bin/python bench/training.py --quick    # a few steps per shape (for tests)
     SUNDAE_THREADS=2 .venv/bin/python bench/training.py   # threads: infra.devices.configure_threads
 """
@@ -235,8 +236,8 @@ def print_table(rows, device, threads, rounds, matmul_n, matmul_dtype):
     for r in rows:
         print(f"| {r['shape']} | {r['grid']} | {r['vocab']} | {r['batch']} | {r['params'] / 1e6:.2f}M | {r['gflop']:.2f} | "
               f"{r['raw_ms']:.1f} | {r['lightning_ms']:.1f} | {r['overhead_ms']:.1f} | {r['steps_s']:.2f} | "
-              f"{r['tokens_s']:.0f} | {r['matmul_gflop_s']:.0f} | {100 * r['fraction']:.0f}% | "
-              f"{100 * r['raw_fraction']:.0f}% |")
+              f"{r['tokens_s']:.0f} | {r['matmul_gflop_s']:.0f} | {100 * r['fraction']:.2g}% | "
+              f"{100 * r['raw_fraction']:.2g}% |")  # 2 significant digits: a GPU's can be 0.015%
     for r in rows:
         if r["matmul_low_gflop_s"] < 0.9 * r["matmul_gflop_s"]:
             print(f"\nWARNING: matmul throughput varied by {100 * (1 - r['matmul_low_gflop_s'] / r['matmul_gflop_s']):.0f}% "
@@ -256,7 +257,8 @@ def parse_args(argv):
                    choices=["digits", "ffhq1024-cpu-width"])
     p.add_argument("--ffhq-batch", type=int, default=None, help="FFHQ1024-shape batch (default 2 on CPU, 1 with --quick, 16 on CUDA)")
     p.add_argument("--threads", default=None, help="intra-op threads (default: infra.devices.configure_threads' rule)")
-    p.add_argument("--no-cuda", action="store_true", help="skip the CUDA table even when a GPU is present")
+    p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
+                   help="the tables to print: cpu, cuda, or all (default: CPU, and CUDA when a GPU is present)")
     p.add_argument("--compile", action="store_true", help="also each shape with [trainer] compile (torch.compile)")
     args = p.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 2)
@@ -268,9 +270,12 @@ def main(argv=None):
     threads = configure_threads(args.threads)
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning").setLevel(logging.ERROR)
-    devices = [torch.device("cpu")]
-    if torch.cuda.is_available() and not args.no_cuda:
-        devices.append(torch.device("cuda"))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench/training.py: --device cuda: no CUDA device is available", file=sys.stderr)
+        sys.exit(2)
+    devices = [torch.device(d) for d in ("cpu", "cuda") if args.device in (d, "all")]
+    if args.device == "all" and not torch.cuda.is_available():
+        devices = [torch.device("cpu")]
     results = {}
     for device in devices:
         cuda = device.type == "cuda"

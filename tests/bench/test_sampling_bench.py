@@ -17,6 +17,10 @@ def test_sampling_bench_quick(capsys):
                      "| logits head, the updated positions (p = 0.5) |", "| categorical draw, the updated",
                      "as before: about", "| bf16 |", "load at the end"):
         assert expected in out
-    shares = [int(line.rsplit("|", 2)[1].strip().rstrip("%")) for line in out.splitlines()
-              if line.startswith("| ") and line.rstrip().endswith("% |")]
-    assert len(shares) == 6 and all(0 <= s <= 100 for s in shares)
+    shares = {line.split("|")[1].strip(): int(line.rsplit("|", 2)[1].strip().rstrip("%"))
+              for line in out.splitlines() if line.startswith("| ") and line.rstrip().endswith("% |")}
+    assert len(shares) == 6 and all(s >= 0 for s in shares.values())
+    # the parts of today's step lie within it; the "every position" rows are the step as it was
+    # before (head and draw everywhere), which may cost more than today's whole step
+    now = {name: s for name, s in shares.items() if "every position" not in name}
+    assert len(now) == 4 and all(s <= 100 for s in now.values())

@@ -33,7 +33,7 @@ def number(cell):
 
 @pytest.mark.usefixtures("keep_threads")
 def test_quick_digits_table_is_sane(capsys):
-    results = training.main(["--quick", "--shapes", "digits", "--no-cuda", "--threads", "1"])
+    results = training.main(["--quick", "--shapes", "digits", "--device", "cpu", "--threads", "1"])
     out = capsys.readouterr().out
     assert "threads: 1 intra-op" in out and "3 * T * count_flops" in out and "load avg" in out
     [row] = table_rows(out)
@@ -90,3 +90,12 @@ def test_step_flops_match_torch_flop_counter():
 def test_fastest_block():
     assert training.fastest_block([9, 1, 2, 3, 4, 5], skip=1, block=2) == 1.5
     assert training.fastest_block([1, 2], skip=2, block=2) == math.inf
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the message for a machine without CUDA")
+def test_cuda_table_without_a_gpu_is_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        training.main(["--quick", "--device", "cuda"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--device cuda" in err and "no CUDA device" in err
