@@ -38,7 +38,7 @@ from sundae.priors import prior_type  # noqa: E402
 # from the earlier default of 2000 steps); SHIPPED names the recipe config/digits.toml ships now.
 SEARCH_BASE = {"trainer": {"max_steps": 6000, "warmup_steps": 200, "learning_rate": 1e-3},
                "net": {"depth": [2, 4, 2]}}
-SHIPPED = "5k lr3e-3 [1,6,1]"
+SHIPPED = "5k lr3e-3 [0,6,0] no-attn-res"
 ONE_K = {"max_steps": 1000, "warmup_steps": 50}
 RECIPES = {
     "default": {},
@@ -72,6 +72,23 @@ RECIPES = {
                                    "net": {"depth": [1, 6, 1]}} for k in (2.5, 3, 4, 5)},
     "3k lr3e-3 [1,4,1]": {"trainer": {"max_steps": 3000, "warmup_steps": 100, "learning_rate": 3e-3},
                           "net": {"depth": [1, 4, 1]}},
+    # no full-resolution layers at all: every layer in the 4x4 valley, the 2x2 patches mixed by the
+    # resampling attention alone ([0, 8, 0] 0.75x, [0, 6, 0] 0.61x a [1, 6, 1] step with 2 threads),
+    # for the steps that fit the demo's 5 minutes on two idle cores
+    "3.5k lr3e-3 [0,8,0]": {"trainer": {"max_steps": 3500, "warmup_steps": 100, "learning_rate": 3e-3},
+                            "net": {"depth": [0, 8, 0]}},
+    "4.5k lr3e-3 [0,6,0]": {"trainer": {"max_steps": 4500, "warmup_steps": 100, "learning_rate": 3e-3},
+                            "net": {"depth": [0, 6, 0]}},
+    # and without the attention of the resampling (the linear down- and up-projections stay: a
+    # patch's four tokens still reach the valley exactly, and each token gets its own projection
+    # back): 0.75x the step of [0, 6, 0] with it
+    "5k lr3e-3 [0,6,0] no-attn-res": {"trainer": {"max_steps": 5000, "warmup_steps": 100, "learning_rate": 3e-3},
+                                      "net": {"depth": [0, 6, 0], "attn_resampling": False}},
+    "5k lr3e-3 [0,6,0] no-attn-res compiled": {"trainer": {"max_steps": 5000, "warmup_steps": 100, "learning_rate": 3e-3,
+                                                           "compile": True},
+                                               "net": {"depth": [0, 6, 0], "attn_resampling": False}},
+    "4k lr3e-3 [0,8,0] no-attn-res": {"trainer": {"max_steps": 4000, "warmup_steps": 100, "learning_rate": 3e-3},
+                                      "net": {"depth": [0, 8, 0], "attn_resampling": False}},
     "cfg": {"net": {"cond_drop_prob": 0.1}},
     "cfg 2k steps": {"net": {"cond_drop_prob": 0.1}, "trainer": {"max_steps": 2000, "warmup_steps": 100}},
     # the other priors on the same data, budget and (about) parameter count (issue: compare priors)
@@ -104,6 +121,7 @@ SAMPLINGS = {
     "t1.0 quiet10%x2": {"end_temperature": 1.0, "freeze_threshold": 0.1},
     "t1.0-0.9 quiet10%x2": {"end_temperature": 0.9, "freeze_threshold": 0.1},
     "t1.0-0.8 quiet10%x2": {"end_temperature": 0.8, "freeze_threshold": 0.1},
+    "t1.0-0.95 quiet10%x2": {"end_temperature": 0.95, "freeze_threshold": 0.1},
     "t0.9": {"temperature": 0.9, "end_temperature": 0.9, **PAPER},
     "p-const-0.5": {"end_temperature": 0.6, "sample_proportion": 0.5, "end_sample_proportion": 0.5, **PAPER},
     "steps20": {"steps": 20, "min_steps": 5, "end_temperature": 0.6, **PAPER},

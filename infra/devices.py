@@ -60,6 +60,22 @@ def resolve_devices(accelerator="auto", devices="auto", num_nodes=1):
     return Devices(accelerator, count, num_nodes)
 
 
+def check_compiler(device, what):
+    """UserError naming `what` when torch.compile could not build kernels for `device`: on the
+    CPU its inductor backend compiles C++ and needs a C++ compiler (it looks for g++), which a
+    bare machine may lack; without this check the first step fails deep inside torch."""
+    if torch.device(device).type != "cpu":
+        return
+    from torch._inductor import exc
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        raise UserError(f"{what}: torch.compile on the CPU builds C++ kernels and found no C++ compiler "
+                        f"(g++); install one, or run without compilation") from None
+
+
 def memory_bytes():
     """This machine's physical memory, in bytes."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

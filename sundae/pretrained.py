@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from infra.devices import default_device, resolve_device
+from infra.devices import check_compiler, default_device, resolve_device
 from infra.precision import INFERENCE_PRECISIONS, check_precision, inference_precision
 from sundae.checkpoint import load_denoiser
 from sundae.config import Config, load_config, replace_section
@@ -77,6 +77,7 @@ def prior_from_args(args, max_batch=None):
     check_precision(prior.device, args.precision)  # refused here, before any sampling
     prior.precision = args.precision
     if args.compile:
+        check_compiler(prior.device, "--compile")
         prior.compile(max_batch or 256)
     return prior
 

@@ -38,14 +38,16 @@ def test_quick_digits_table_is_sane(capsys):
     assert "threads: 1 intra-op" in out and "3 * T * count_flops" in out and "load avg" in out
     [row] = table_rows(out)
     assert row["shape"] == "digits" and row["grid"] == "8x8" and row["vocab"] == "17" and row["batch"] == "32"
-    assert row["params"] == "0.47M"
+    assert row["params"] == "0.33M"
     [r] = results["cpu"]
-    # the digits step: 2 unroll steps x 3 x 0.934 GFLOP per forward of the [1, 6, 1] hourglass at batch
-    # 32: the [2, 4, 2] one's 1.299 less two full-resolution layers (64 tokens of dim 64, 4 heads of 16,
-    # feed-forward 256: (4*64*64 + 2*64*64 + 2*64*256) * 64 * 2 = 7.34 MFLOP a sample each) plus two
-    # valley layers (16 tokens: (4*64*64 + 2*16*64 + 2*64*256) * 16 * 2 = 1.64 MFLOP)
-    per_forward = 1.299e9 - 32 * 2 * (7.34e6 - 1.64e6)
-    assert math.isclose(r["gflop"] * 1e9, 6 * per_forward, rel_tol=0.01) and row["GFLOP/step"] == "5.60"
+    # the digits step: 2 unroll steps x (a forward + a backward of 2 forwards) of the [0, 6, 0]
+    # hourglass without resampling attention, per sample: six valley layers on 16 tokens of dim 64
+    # (4 heads of 16, feed-forward 256: (4*64*64 + 2*64*256) * 16 * 2 projections + 2*2*16*16*64
+    # scores and mix = 1.6384 MFLOP each), the down- and up-projections of 16 patches (256 <-> 64:
+    # 2*256*64*16 each) and the 17-way head on 64 tokens (2*64*17*64)
+    valley = 6 * ((4 * 64 * 64 + 2 * 64 * 256) * 16 * 2 + 2 * 2 * 16 * 16 * 64)
+    per_forward = 32 * (valley + 2 * (2 * 256 * 64 * 16) + 2 * 64 * 17 * 64)
+    assert math.isclose(r["gflop"] * 1e9, 6 * per_forward, rel_tol=1e-9) and row["GFLOP/step"] == "2.12"
     for key in ("raw_ms", "lightning_ms"):
         assert 1 < r[key] < 60_000, r
     assert math.isclose(r["steps_s"], 1000 / r["lightning_ms"], rel_tol=1e-6)

@@ -384,3 +384,46 @@ def test_compiled_training_follows_the_eager_run_and_saves_the_same_keys(tmp_pat
     assert np.allclose(losses[True], losses[False], rtol=1e-4, atol=1e-5), (losses[True], losses[False])
     for key, value in states[False].items():
         assert torch.allclose(states[True][key].float(), value.float(), rtol=1e-3, atol=1e-5), key
+
+
+@pytest.fixture
+def no_cpp_compiler():
+    """torch.compile's CPU backend looking for a C++ compiler that does not exist (its own search,
+    uncached around the test)."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor.cpp_builder import cpp_compiler_search
+
+    cpp_compiler_search.cache_clear()
+    with inductor_config.patch({"cpp.cxx": ("no-such-c++-compiler",)}):
+        yield
+    cpp_compiler_search.cache_clear()
+
+
+@pytest.mark.usefixtures("no_cpp_compiler")
+def test_compile_without_a_cpp_compiler_is_one_line_before_anything_is_written(tmp_path):
+    text = renamed(TINY_CONFIG, "no-cxx").replace("[trainer]", "[trainer]\n    compile = true")
+    cfg = write_tiny_config(tmp_path, text)
+    assert_user_error(run_main("train.py", "--cfg-path", cfg, "--max-steps", 2),
+                      "[trainer] compile = true", "no C++ compiler", "set it to false")
+    assert not (tmp_path / "runs" / "no-cxx").exists()
+
+
+def test_compile_check_passes_where_torch_finds_a_compiler():
+    from infra.devices import check_compiler
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception:
+        pytest.skip("this machine has no C++ compiler for torch.compile (the refusal is tested above)")
+    check_compiler("cpu", "x")  # no error
+    check_compiler("meta", "x")  # not the CPU: nothing to check
+
+
+@pytest.mark.usefixtures("no_cpp_compiler")
+def test_sample_compile_without_a_cpp_compiler_is_one_line(tiny_prior, tmp_path):
+    out = tmp_path / "samples"
+    assert_user_error(run_main("sample.py", "--cfg-path", tiny_prior.cfg, "--resume", tiny_prior.last,
+                               "--nb-samples", 2, "--compile", "--out-dir", out, "--no-progress"),
+                      "--compile", "no C++ compiler")
+    assert not out.exists()
