@@ -30,5 +30,5 @@ run() {  # run NAME SECONDS CMD...: the command's output in OUT_DIR/NAME.md, its
 [ -n "${SKIP_TRAINING:-}" ] || run training 170 "$PY" bench/training.py --device cuda
 run sampling 170 "$PY" bench/sampling.py --device cuda --digits-ckpt "$CKPT" \
     --digits-samples 1000 --ffhq-samples 16 --ffhq-steps 20 ${SAMPLING_ARGS:-}
-[ -n "${SKIP_COMPILED_TRAINING:-}" ] ||
+[ -n "${SKIP_COMPILED_TRAINING:-}" ] ||  # digits only: each compilation takes over a minute
     run training-compiled 150 "$PY" bench/training.py --device cuda --compile --rounds 1 --shapes digits

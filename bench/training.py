@@ -273,9 +273,8 @@ def main(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         print("bench/training.py: --device cuda: no CUDA device is available", file=sys.stderr)
         sys.exit(2)
-    devices = [torch.device(d) for d in ("cpu", "cuda") if args.device in (d, "all")]
-    if args.device == "all" and not torch.cuda.is_available():
-        devices = [torch.device("cpu")]
+    names = {"cpu": ["cpu"], "cuda": ["cuda"], "all": ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]}
+    devices = [torch.device(name) for name in names[args.device]]
     results = {}
     for device in devices:
         cuda = device.type == "cuda"
