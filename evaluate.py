@@ -29,7 +29,7 @@ from evaluation.report import format_table, write_json
 from infra.cli import ArgumentParser, run_cli
 from infra.devices import configure_threads, default_device, resolve_device
 from infra.errors import UserError
-from sundae.latents import LatentDataset
+from latents.dataset import LatentDataset
 
 
 def parse_args(argv):

@@ -1,4 +1,4 @@
-r"""Encode an image folder with a VQ-GAN into a latent dataset (the format in sundae/latents.py).
+r"""Encode an image folder with a VQ-GAN into a latent dataset (the format in latents/dataset.py).
 
     python generate-latents.py --cfg-path vqgan.yaml --ckpt-path vqgan.ckpt \
         --dataset-in images/ --latents-out data/latents [--use-class] [--eval-fraction 0.05]
@@ -12,9 +12,9 @@ from infra.data import split_groups
 from infra.files import sha256_of
 from infra.devices import configure_threads, default_device
 from infra.images import list_class_images, list_images
-from sundae.encode import encode_images, image_size
-from sundae.errors import SundaeError
-from sundae.latents import create_latent_dataset
+from latents.encode import encode_images, image_size
+from infra.errors import UserError
+from latents.dataset import create_latent_dataset
 from vqgan import load_vqgan
 
 
@@ -43,7 +43,7 @@ def main(argv=None):
     configure_threads()  # first: SUNDAE_THREADS / OMP_NUM_THREADS, else 1 (infra/devices.py)
     args = parse_args(argv)
     if not 0.0 <= args.eval_fraction < 1.0:
-        raise SundaeError(f"--eval-fraction must be in [0, 1), got {args.eval_fraction}")
+        raise UserError(f"--eval-fraction must be in [0, 1), got {args.eval_fraction}")
     device = args.device or default_device()
     vqgan = load_vqgan(args.cfg_path, args.ckpt_path, legacy_cfg=True if args.legacy_cfg else None,
                        device=device)
@@ -51,7 +51,7 @@ def main(argv=None):
     size = image_size(vqgan, args.resolution)
 
     if Path(args.dataset_in).is_file():
-        raise SundaeError(f"{args.dataset_in}: --dataset-in must be a directory of images")
+        raise UserError(f"{args.dataset_in}: --dataset-in must be a directory of images")
     if args.use_class:
         files, labels, class_names = list_class_images(args.dataset_in)
     else:
@@ -84,7 +84,7 @@ def main(argv=None):
                                     batch_size=args.batch_size, num_workers=args.nb_workers, device=device)
             skipped += encoded.skipped
             if len(encoded.tokens) == 0:
-                raise SundaeError(f"{args.dataset_in}: no readable images in the {name} split")
+                raise UserError(f"{args.dataset_in}: no readable images in the {name} split")
             rows = add_split(name, len(encoded.tokens))
             row_labels = (np.asarray(labels)[np.asarray(idx)[encoded.file_index]]
                           if labels is not None else None)

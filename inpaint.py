@@ -16,9 +16,9 @@ import torch
 from infra.cli import ArgumentParser, run_cli
 from infra.devices import configure_threads
 from infra.images import save_png
-from sundae.errors import SundaeError
-from sundae.inpainting import figure_row, inpaint, latent_keep_mask, load_inputs, regenerate_mask
-from sundae.pretrained import add_prior_args, prior_from_args, sampling_config
+from infra.errors import UserError
+from generation.inpainting import figure_row, inpaint, latent_keep_mask, load_inputs, regenerate_mask
+from generation.pretrained import add_prior_args, prior_from_args, sampling_config
 
 
 def parse_args(argv):
@@ -43,7 +43,7 @@ def main(argv=None):
     configure_threads()  # first: SUNDAE_THREADS / OMP_NUM_THREADS, else 1 (infra/devices.py)
     args = parse_args(argv)
     if args.nb_samples < 1:
-        raise SundaeError(f"--nb-samples must be >= 1, got {args.nb_samples}")
+        raise UserError(f"--nb-samples must be >= 1, got {args.nb_samples}")
     prior = prior_from_args(args, max_batch=args.nb_samples)
     prior.check_class(args.class_idx)
     sampling = sampling_config(prior.cfg.sampling, args)

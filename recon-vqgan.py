@@ -10,8 +10,8 @@ import torch
 from infra.cli import ArgumentParser, run_cli
 from infra.devices import configure_threads, default_device
 from infra.images import image_transform, list_images, open_rgb, psnr, save_png
-from sundae.encode import encode_images, image_size
-from sundae.errors import SundaeError
+from latents.encode import encode_images, image_size
+from infra.errors import UserError
 from vqgan import load_vqgan
 
 
@@ -43,7 +43,7 @@ def main(argv=None):
     for path in encoded.skipped:
         print(f"warning: skipped unreadable image {path}")
     if len(encoded.tokens) == 0:
-        raise SundaeError(f"{args.images}: no readable images")
+        raise UserError(f"{args.images}: no readable images")
     print(f"latent shape: {tuple(encoded.tokens.shape[1:])} (downsample factor {f}, "
           f"codebook size {vqgan.codebook_size})")
 

@@ -7,8 +7,8 @@ the sampling steps.
 """
 from infra.cli import ArgumentParser, run_cli
 from infra.devices import configure_threads
-from sundae.interactive import InteractiveSampler, Params
-from sundae.pretrained import add_prior_args, prior_from_args
+from generation.interactive import InteractiveSampler, Params
+from generation.pretrained import add_prior_args, prior_from_args
 
 
 def parse_args(argv):

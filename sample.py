@@ -17,9 +17,9 @@ from infra.cli import ArgumentParser, run_cli
 from infra.devices import configure_threads, default_device
 from infra.distributed import from_environment, process_group
 from infra.files import writable_dir, writable_file
-from sundae.bulk import bulk_sample, save_sample_grid
-from sundae.errors import SundaeError
-from sundae.pretrained import add_prior_args, prior_from_args, sampling_config
+from generation.bulk import bulk_sample, save_sample_grid
+from infra.errors import UserError
+from generation.pretrained import add_prior_args, prior_from_args, sampling_config
 
 
 def parse_args(argv):
@@ -47,11 +47,11 @@ def main(argv=None):
     for flag, value, minimum in (("--batch-size", args.batch_size, 1), ("--count-offset", args.count_offset, 0),
                                  ("--nb-samples", args.nb_samples, 1)):
         if value is not None and value < minimum:
-            raise SundaeError(f"{flag} must be >= {minimum}, got {value}")
+            raise UserError(f"{flag} must be >= {minimum}, got {value}")
     # every output checked before any work, and nothing made for a run that cannot finish
     writable_dir(args.out_dir, "--out-dir", create=False)
     if args.class_balanced and args.class_idx is not None:
-        raise SundaeError("--class-balanced and --class-idx: give one of them")
+        raise UserError("--class-balanced and --class-idx: give one of them")
     for path, what in ((args.grid, "--grid file"), (args.save_latents, "--save-latents file"),
                        (args.npz, "--npz file"), (args.save_labels, "--save-labels file")):
         if path:
@@ -61,7 +61,7 @@ def main(argv=None):
         args.device = f"cuda:{procs.local_rank}"  # one GPU per process
     prior = prior_from_args(args, max_batch=args.batch_size)
     if prior.num_classes is None and (args.class_balanced or args.save_labels):
-        raise SundaeError(f"--class-balanced / --save-labels: the prior of {args.cfg_path} is not class-conditional")
+        raise UserError(f"--class-balanced / --save-labels: the prior of {args.cfg_path} is not class-conditional")
     sampling = sampling_config(prior.cfg.sampling, args)
     prior.check_sampling(sampling)
     nb_samples = args.nb_samples or prior.cfg.sampling.nb_samples

@@ -17,12 +17,12 @@ from infra.devices import check_compiler, configure_threads, resolve_devices
 from infra.errors import UserError
 from infra.runs import claim_run_dir
 from infra.trainer import add_run_args, build_trainer
-from sundae.checkpoint import check_fits, read_checkpoint
-from sundae.config import load_config, replace_section, run_dir
-from sundae.data import open_splits
-from sundae.pretrained import load_config_vqgan
-from sundae.quality import SampleQuality
-from sundae.training import LatentDataModule, PriorModule
+from training.checkpoint import check_fits, read_checkpoint
+from training.config import load_config, replace_section, run_dir
+from training.data import open_splits
+from generation.pretrained import load_config_vqgan
+from training.quality import SampleQuality
+from training.module import LatentDataModule, PriorModule
 
 
 def parse_args(argv):

@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 import digits_search  # noqa: E402  (the train / sample / score loop and the results format)
-from sundae.config import load_config  # noqa: E402
-from sundae.priors import build_denoiser  # noqa: E402
+from training.config import load_config  # noqa: E402
+from priors.base import build_denoiser  # noqa: E402
 
 TRAINING = {
     "default (T=2, 2D hourglass, 2D rotary)": {},

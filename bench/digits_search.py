@@ -26,10 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # so `python bench/digits_search.py` works
 
 from evaluation.tokens import CACHE_NAME, TokenEvaluator, relative_to_real  # noqa: E402
-from sundae.latents import LatentDataset  # noqa: E402
-from sundae.config import load_config, replace_section  # noqa: E402
-from sundae.pretrained import load_prior  # noqa: E402
-from sundae.priors import prior_type  # noqa: E402
+from latents.dataset import LatentDataset  # noqa: E402
+from training.config import load_config, replace_section  # noqa: E402
+from generation.pretrained import load_prior  # noqa: E402
+from priors.base import prior_type  # noqa: E402
 
 # Training recipes: {section: {key: value}} overrides of SEARCH_BASE, itself applied over
 # config/digits.toml: the recipe most rows were measured on, kept fixed so that they stay

@@ -2,7 +2,7 @@
 
 Three priors over the same token grids, untrained (random weights: cost only, no quality):
 
-  sundae     the non-causal hourglass, iterated parallel denoising (sundae.sampler.sample), with
+  sundae     the non-causal hourglass, iterated parallel denoising (priors.sundae.sample), with
              early stopping and without
   absorbing  the same hourglass reading V + 1 tokens (the mask) and predicting V, sampled by
              Unleashing's sampler at S = 64 and 256 steps and by MaskGIT's decoding at 8 and 16
@@ -52,11 +52,11 @@ from hourglass_transformer import HourglassTransformerLM  # noqa: E402
 from hourglass_transformer.causal import CausalTransformerLM  # noqa: E402
 from bench import digits_search  # noqa: E402
 from bench.backbone import machine as cpu_machine  # noqa: E402
-from sundae.absorbing import sample_absorbing, sample_maskgit  # noqa: E402
-from sundae.autoregressive import filter_logits, sample_autoregressive  # noqa: E402
-from sundae.categorical import sample_categorical  # noqa: E402
-from sundae.config import load_config  # noqa: E402
-from sundae.sampler import sample  # noqa: E402
+from priors.absorbing import sample_absorbing, sample_maskgit  # noqa: E402
+from priors.autoregressive import filter_logits, sample_autoregressive  # noqa: E402
+from priors.categorical import sample_categorical  # noqa: E402
+from training.config import load_config  # noqa: E402
+from priors.sundae import sample  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ABSORBING_STEPS = (64, 256)
@@ -73,7 +73,7 @@ class Shape:
     """One grid shape: the SUNDAE config it comes from, narrowed as the run asks."""
 
     name: str
-    cfg: object  # sundae.config.Config: [data] grid and vocabulary, [net] hourglass, [sampling] schedule
+    cfg: object  # training.config.Config: [data] grid and vocabulary, [net] hourglass, [sampling] schedule
     batch: int  # of every row of this shape
     repeats: int  # timed runs per row, the fastest kept
     estimate_ar_no_cache: bool = False  # time AR without the cache from a fit (see ar_no_cache_seconds)

@@ -25,11 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # so `python bench/sampling.py` works
 from infra.devices import configure_threads  # noqa: E402
 from infra.precision import inference_precision  # noqa: E402
-from sundae.categorical import sample_categorical  # noqa: E402
-from sundae.checkpoint import load_denoiser  # noqa: E402
-from sundae.config import load_config  # noqa: E402
-from sundae.priors import Bucketed, build_denoiser  # noqa: E402
-from sundae.sampler import sample  # noqa: E402
+from priors.categorical import sample_categorical  # noqa: E402
+from training.checkpoint import load_denoiser  # noqa: E402
+from training.config import load_config  # noqa: E402
+from priors.base import Bucketed, build_denoiser  # noqa: E402
+from priors.sundae import sample  # noqa: E402
 
 
 def timed(fn, repeats, device):

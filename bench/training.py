@@ -55,8 +55,8 @@ from infra.data import step_generator  # noqa: E402
 from infra.devices import configure_threads, resolve_devices  # noqa: E402
 from infra.runs import stop_if_not_finite  # noqa: E402
 from infra.trainer import build_trainer  # noqa: E402
-from sundae.config import load_config, replace_section  # noqa: E402
-from sundae.training import LatentDataModule, PriorModule  # noqa: E402
+from training.config import load_config, replace_section  # noqa: E402
+from training.module import LatentDataModule, PriorModule  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_CONFIG = REPO / "config" / "digits.toml"
@@ -67,7 +67,7 @@ FFHQ_CPU_NET = dict(dim=256, nb_heads=4, dim_head=64, depth=[2, 10, 2], shorten_
 @dataclasses.dataclass
 class Shape:
     name: str
-    cfg: object  # sundae.config.Config
+    cfg: object  # training.config.Config
     warmup: int  # steps before timing
     block: int  # steps per timed block
     blocks: int  # timed blocks per round

@@ -20,7 +20,7 @@ import os
 import sys
 from infra.devices import thread_count
 from infra.errors import UserError
-from sundae.config import load_config
+from training.config import load_config
 try:
     cfg = load_config(sys.argv[1])
     env = dict(os.environ)

@@ -42,7 +42,7 @@ def write_tiny_latents(root, n_train=64, n_eval=16, shape=(4, 4), vocab=5, class
                        sources=None):
     """A small structured latent dataset: each class is a fixed pattern with a little noise.
     No eval split when n_eval is 0; `sources` (one per train row) defaults to one per row."""
-    from sundae.latents import create_latent_dataset
+    from latents.dataset import create_latent_dataset
 
     rng = np.random.default_rng(seed)
     patterns = rng.integers(0, vocab, size=(classes, *shape))

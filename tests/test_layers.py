@@ -1,5 +1,6 @@
-"""Dependencies flow one way: infra -> {hourglass_transformer, vqgan, evaluation} -> sundae ->
-scripts. Every module's imports are parsed (never run) and checked against the layers."""
+"""Dependencies flow one way: infra -> {hourglass_transformer, vqgan, evaluation, latents} ->
+priors -> training -> generation -> scripts. Every module's imports are parsed (never run) and
+checked against the layers."""
 import ast
 
 import pytest
@@ -12,7 +13,10 @@ ALLOWED = {
     "hourglass_transformer": {"infra"},
     "vqgan": {"infra"},
     "evaluation": {"infra"},
-    "sundae": {"infra", "hourglass_transformer", "vqgan", "evaluation"},
+    "latents": {"infra"},
+    "priors": {"infra", "hourglass_transformer"},
+    "training": {"infra", "hourglass_transformer", "vqgan", "evaluation", "latents", "priors"},
+    "generation": {"infra", "hourglass_transformer", "vqgan", "evaluation", "latents", "priors", "training"},
 }
 SCRIPT_DIRS = [REPO, REPO / "bench", REPO / "scripts"]
 SCRIPTS = {p.stem for d in SCRIPT_DIRS for p in d.glob("*.py")}
@@ -46,5 +50,5 @@ def test_every_package_is_checked():
 
 def test_the_checker_sees_a_wrong_way_import(tmp_path):
     bad = tmp_path / "model.py"
-    bad.write_text("import os\nfrom sundae.sampler import sample\nimport train\nfrom . import sibling\n")
-    assert project_imports(bad) == {"sundae", "train"}
+    bad.write_text("import os\nfrom priors.sundae import sample\nimport train\nfrom . import sibling\n")
+    assert project_imports(bad) == {"priors", "train"}

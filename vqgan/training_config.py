@@ -30,7 +30,7 @@ from vqgan.discriminator import PatchDiscriminator
 from vqgan.errors import VQGANError
 
 LOSS_TARGET = "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator"
-# Latent datasets store indices as uint16 up to 2**16 codes, else int32 (sundae.latents)
+# Latent datasets store indices as uint16 up to 2**16 codes, else int32 (latents.dataset)
 MAX_CODES = 2**31
 
 

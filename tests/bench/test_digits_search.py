@@ -5,7 +5,7 @@ import json
 import pytest
 
 from bench import ablations, digits_search
-from sundae.config import load_config
+from training.config import load_config
 from tests.helpers import REPO
 
 DIGITS = REPO / "config" / "digits.toml"

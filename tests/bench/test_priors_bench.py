@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from bench import priors
-from sundae.autoregressive import sample_autoregressive
-from sundae.sampler import sample
+from priors.autoregressive import sample_autoregressive
+from priors.sundae import sample
 
 QUICK = ["--quick", "--threads", "1", "--digits-batch", "4"]
 ROWS = ["SUNDAE, early stop", "SUNDAE, no early stop", "absorbing (Unleashing), S=64",

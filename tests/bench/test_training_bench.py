@@ -9,8 +9,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench import training
-from sundae.loss import unrolled_loss
-from sundae.training import PriorModule
+from priors.loss import unrolled_loss
+from training.module import PriorModule
 
 
 @pytest.fixture

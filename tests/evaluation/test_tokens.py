@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from evaluation import tokens
-from sundae.latents import LatentDataset
+from latents.dataset import LatentDataset
 from tests.helpers import assert_user_error, run_main, write_tiny_latents
 
 

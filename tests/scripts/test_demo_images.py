@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sundae.config import load_config
+from training.config import load_config
 from tests.helpers import REPO, run_main
 from vqgan.training_config import load_train_config
 

@@ -4,7 +4,7 @@ import re
 import numpy as np
 import pytest
 
-from sundae.latents import LatentDataset, read_meta
+from latents.dataset import LatentDataset, read_meta
 from tests.helpers import ONE_THREAD_ENV, assert_user_error, run_main, run_script
 
 

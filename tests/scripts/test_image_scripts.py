@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from infra.images import image_transform, open_rgb, psnr
-from sundae.latents import LatentDataset
+from latents.dataset import LatentDataset
 from tests.helpers import assert_user_error, run_main, run_script, vqgan_fixture, write_bomb
 from vqgan import load_vqgan
 

@@ -4,12 +4,12 @@ import pytest
 import torch
 from PIL import Image
 
-from sundae.errors import SundaeError
-from sundae.inpainting import latent_keep_mask, masked_preview, read_mask_image, regenerate_mask
-from sundae.interactive import InteractiveSampler, Params, parse_value
-from sundae.latents import LatentDataset
-from sundae.pretrained import load_prior
-from sundae.render import tokens_to_gray
+from infra.errors import UserError
+from generation.inpainting import latent_keep_mask, masked_preview, read_mask_image, regenerate_mask
+from generation.interactive import InteractiveSampler, Params, parse_value
+from latents.dataset import LatentDataset
+from generation.pretrained import load_prior
+from latents.render import tokens_to_gray
 from tests.helpers import assert_user_error, run_main
 
 
@@ -58,7 +58,7 @@ def test_inpaint_mask_image_convention(tmp_path, tiny_prior):
     expected = torch.ones(2, 3, dtype=torch.bool)
     expected[1, 2] = False
     assert torch.equal(latent_keep_mask(pixel, 2), expected)
-    with pytest.raises(SundaeError, match="exactly one"):
+    with pytest.raises(UserError, match="exactly one"):
         regenerate_mask((4, 4), tmp_path / "mask.png", block=(0, 0, 1, 1))
 
 
@@ -139,7 +139,7 @@ def test_interactive_leaves_cleanly_on_ctrl_c(tmp_path, tiny_prior):
 
 def test_parse_value():
     assert parse_value(bool, " Yes ") is True and parse_value(int, "3") == 3
-    with pytest.raises(SundaeError):
+    with pytest.raises(UserError):
         parse_value(int, "3.5")
 
 

@@ -1,13 +1,13 @@
 """Every prior type round-trips through the scripts on digits: train.py, sample.py (npz),
-inpaint.py, sample-interactive.py, with the one interface (sundae.priors) and no branching in the
+inpaint.py, sample-interactive.py, with the one interface (priors.base) and no branching in the
 scripts; wrong-prior checkpoints and masks a prior cannot inpaint are one-line errors."""
 
 import numpy as np
 import pytest
 import torch
 
-from sundae.config import load_config
-from sundae.priors import PRIOR_TYPES, build_denoiser
+from training.config import load_config
+from priors.base import PRIOR_TYPES, build_denoiser
 from tests.helpers import REPO, assert_user_error, run_main, shrunk_digits_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")

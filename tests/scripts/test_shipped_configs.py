@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from sundae.config import load_config
+from training.config import load_config
 from tests.helpers import REPO
 from vqgan.config import read_config
 

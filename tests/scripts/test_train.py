@@ -15,9 +15,9 @@ from PIL import Image
 from infra.images import to_unit
 from infra.errors import UserError
 from infra.runs import AtomicCheckpointIO
-from sundae.checkpoint import load_denoiser
-from sundae.config import load_config
-from sundae.render import tokens_to_gray
+from training.checkpoint import load_denoiser
+from training.config import load_config
+from latents.render import tokens_to_gray
 from tests.helpers import (ONE_THREAD_ENV, REPO, TINY_CONFIG, assert_user_error, metrics, run_main, run_script,
                            write_tiny_config)
 from tests.helpers import load_checkpoint as load

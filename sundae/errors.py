@@ -1,5 +1,0 @@
-from infra.errors import UserError
-
-
-class SundaeError(UserError):
-    """A user mistake in the prior's stage (config, dataset, checkpoint, sampling argument)."""
