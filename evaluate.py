@@ -4,7 +4,7 @@ Images: FID, KID, IS (torch-fidelity) and precision/recall/density/coverage (prd
 same Inception features. SAMPLES and REFERENCE are each a folder of images, an .npz in the ADM
 layout (arr_0: uint8 N x H x W x 3), or a statistics file written by --save-stats. The Inception
 weights are never downloaded: --inception-weights FILE or INCEPTION_WEIGHTS=FILE (where to get
-the file: evaluation/images.py, or the error message without one).
+the file: evaluation/inception.py, or the error message without one).
 
     python evaluate.py samples/ffhq data/ffhq256 --json ffhq.json
     python evaluate.py data/ffhq256 --save-stats ffhq-stats.npz        # a reference, once
@@ -14,8 +14,9 @@ the file: evaluation/images.py, or the error message without one).
     python evaluate.py samples/ffhq --metrics isc                       # IS needs no reference
 
 Token grids of a dataset without a VQ-GAN (digits, MNIST): features of a small classifier
-trained on the dataset's train split (cached in DIR/evaluation-classifier.pt), beside two
-reference rows, the held-out eval split and per-position marginals (see evaluation/tokens.py):
+trained on the dataset's train split (cached in DIR/evaluation-classifier-<train split digest>.pt),
+exact and near copies of training grids, beside two reference rows, the held-out eval split and
+per-position marginals (see evaluation/token_evaluator.py):
 
     python evaluate.py samples.npy --dataset data/digits [--labels labels.npy] [--json out.json]
 """
@@ -24,8 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation import images, tokens
-from evaluation.report import format_table, write_json
+from evaluation import image_metrics, inception, inception_stats
+from evaluation.report import format_table, format_token_rows, write_json
+from evaluation.token_evaluator import TokenEvaluator
+from evaluation.token_inputs import check_labels, check_token_grids
 from infra.cli import ArgumentParser, run_cli
 from infra.devices import configure_threads, default_device, resolve_device
 from infra.errors import UserError
@@ -41,9 +44,10 @@ def parse_args(argv):
     p.add_argument("--sampling-summary", default=None, metavar="summary.json",
                    help="sample.py's summary of the samples: their sampling cost is reported beside the scores")
     images_ = p.add_argument_group("images")
-    images_.add_argument("--metrics", nargs="+", choices=images.METRICS, default=list(images.METRICS))
+    images_.add_argument("--metrics", nargs="+", choices=image_metrics.METRICS,
+                         default=list(image_metrics.METRICS))
     images_.add_argument("--inception-weights", default=None, metavar="FILE",
-                         help=f"local {images.INCEPTION_FILENAME} (default: ${images.WEIGHTS_ENV}, then the "
+                         help=f"local {inception.INCEPTION_FILENAME} (default: ${inception.WEIGHTS_ENV}, then the "
                               "torch hub cache)")
     images_.add_argument("--batch-size", type=int, default=64)
     images_.add_argument("--device", default=None, help="default: cuda when available")
@@ -57,8 +61,9 @@ def parse_args(argv):
     token = p.add_argument_group("token grids")
     token.add_argument("--dataset", default=None, metavar="DIR", help="latent dataset the grids belong to")
     token.add_argument("--labels", default=None, metavar="LABELS.npy", help="(N,) requested class per grid")
-    token.add_argument("--classifier-cache", default=None, metavar="FILE",
-                       help=f"default: DIR/{tokens.CACHE_NAME}")
+    token.add_argument("--classifier-cache-dir", default=None, metavar="CACHE_DIR",
+                       help="directory of the token classifier's cache, a file named by the train split's "
+                            "digest (default: the dataset DIR)")
     return p.parse_args(argv)
 
 
@@ -67,7 +72,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.dataset is not None:
         return evaluate_tokens(args)
-    for flag in ("labels", "classifier_cache"):
+    for flag in ("labels", "classifier_cache_dir"):
         if getattr(args, flag) is not None:
             raise UserError(f"--{flag.replace('_', '-')}: only with --dataset (token grids)")
     return evaluate_images(args)
@@ -78,25 +83,25 @@ def evaluate_images(args):
                                  ("--kid-subsets", args.kid_subsets, 1)):
         if value < minimum:
             raise UserError(f"{flag} must be >= {minimum}, got {value}")
-    inception = images.Inception(args.inception_weights, resolve_device(args.device or default_device()),
-                                 args.batch_size)
+    network = inception.Inception(args.inception_weights, resolve_device(args.device or default_device()),
+                                  args.batch_size)
     if args.save_stats is not None:
         if args.reference is not None:
             raise UserError("--save-stats writes the statistics of one image set: evaluate.py SET --save-stats FILE")
-        features = images.save_features_of(args.samples, inception, args.save_stats)
+        features = inception_stats.save_features_of(args.samples, network, args.save_stats)
         print(f"wrote {args.save_stats}: statistics of {len(features)} images of {args.samples}")
         return 0
     if args.reference_stats is not None and args.reference is None:
         raise UserError("--reference-stats caches REFERENCE's statistics; give a REFERENCE")
-    wanted = [m for m in images.METRICS if m in args.metrics]
+    wanted = [m for m in image_metrics.METRICS if m in args.metrics]
     if args.reference is None and wanted != ["isc"]:
         raise UserError(f"{', '.join(m for m in wanted if m != 'isc')}: compare with a REFERENCE; give one, "
                         "or ask only --metrics isc")
-    samples = images.load_features(args.samples, inception)
-    reference = (images.load_features(args.reference, inception, cache=args.reference_stats)
+    samples = inception_stats.load_features(args.samples, network)
+    reference = (inception_stats.load_features(args.reference, network, cache=args.reference_stats)
                  if args.reference is not None else None)
-    results, notes = images.image_metrics(samples, reference, wanted, args.kid_subset_size, args.kid_subsets,
-                                          args.seed)
+    results, notes = image_metrics.image_metrics(samples, reference, wanted, args.kid_subset_size,
+                                                 args.kid_subsets, args.seed)
 
     print(f"samples:   {args.samples} ({results['n_samples']} images)")
     if reference is not None:
@@ -131,37 +136,43 @@ def evaluate_tokens(args):
         raise UserError(f"{args.reference}: --dataset compares token grids with the dataset; give no REFERENCE")
     image_flags = {"--save-stats": args.save_stats is not None, "--reference-stats": args.reference_stats is not None,
                    "--inception-weights": args.inception_weights is not None,
-                   "--metrics": args.metrics != list(images.METRICS)}
+                   "--metrics": args.metrics != list(image_metrics.METRICS)}
     for flag, given in image_flags.items():
         if given:
             raise UserError(f"{flag}: is for images; token grids (--dataset) get fd, precision/recall/density/"
-                            "coverage, cond_accuracy and memorisation")
+                            "coverage, cond_accuracy, memorisation and near_copies")
     train = LatentDataset(args.dataset, "train")
     held_out = LatentDataset(args.dataset, "eval") if "eval" in train.meta["splits"] else None
     samples = _load_npy(args.samples, "(N, h, w) integer token grids, as sample.py --save-latents writes")
-    samples = tokens.check_token_grids(samples, train.latent_shape, train.codebook_size, args.samples)
+    samples = check_token_grids(samples, train.latent_shape, train.codebook_size, args.samples)
     labels = None
     if args.labels is not None:
         if train.num_classes is None:
             raise UserError(f"{args.labels}: the dataset {args.dataset} has no classes")
-        labels = tokens.check_labels(_load_npy(args.labels, "(N,) integer class labels"), len(samples),
-                                     train.num_classes, args.labels)
-    cache = args.classifier_cache or Path(args.dataset) / tokens.CACHE_NAME
-    evaluator = tokens.TokenEvaluator(train.tokens, train.labels,
-                                      held_out.tokens if held_out is not None else None,
-                                      held_out.labels if held_out is not None else None,
-                                      train.codebook_size, train.num_classes, cache_path=cache)
+        labels = check_labels(_load_npy(args.labels, "(N,) integer class labels"), len(samples),
+                              train.num_classes, args.labels)
+    cache_dir = Path(args.classifier_cache_dir or args.dataset)
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise UserError(f"--classifier-cache-dir {cache_dir}: is a file; give a directory (the classifier is "
+                        "cached there under a name of its own)")
+    evaluator = TokenEvaluator(train.tokens, train.labels, held_out.tokens if held_out is not None else None,
+                               held_out.labels if held_out is not None else None, train.codebook_size,
+                               train.num_classes, cache_dir=cache_dir)
     rows = evaluator.evaluate(samples, labels, seed=args.seed)
 
     print(f"token-space evaluation of {args.samples} ({len(samples)} grids"
           f"{', with labels' if labels is not None else ''}) against {args.dataset}")
-    print(tokens.format_rows(rows))
+    print(format_token_rows(rows, evaluator.near_copy_threshold, evaluator.near_copy_rule))
     cost = sampling_cost(args.sampling_summary)
     if args.json is not None:
+        cache = evaluator.classifier_path  # None when the directory could not hold it
         write_json(args.json, {**{k: v for k, v in rows["samples"].items() if k != "n"},
                                "n_samples": len(samples), "samples": str(args.samples),
                                "dataset": str(args.dataset), "rows": rows, "sampling": cost,
-                               "classifier": {"path": str(cache), "eval_accuracy": evaluator.eval_accuracy}})
+                               "near_copy_threshold": {"distance": evaluator.near_copy_threshold,
+                                                       "rule": evaluator.near_copy_rule},
+                               "classifier": {"path": None if cache is None else str(cache),
+                                              "eval_accuracy": evaluator.eval_accuracy}})
         print(f"wrote {args.json}")
     return 0
 

@@ -18,7 +18,7 @@ from torchvision.io import ImageReadMode, read_image, write_png
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
-from evaluation.images import write_adm_npz_batches
+from evaluation.image_sets import write_adm_npz_batches
 from infra.distributed import Processes
 from infra.files import atomic_path, writable_dir, writable_file
 from infra.images import to_unit

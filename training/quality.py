@@ -2,7 +2,7 @@
 computed by the same code as evaluate.py.
 
 Token datasets (no VQ-GAN: digits, MNIST) are scored in the feature space of a classifier trained
-on the train split only (evaluation.tokens): fd, precision, recall, density, coverage and, for
+on the train split only (evaluation.token_evaluator): fd, precision, recall, density, coverage and, for
 class-conditional priors, cond_accuracy. Image datasets are decoded by the VQ-GAN and scored by
 FID against an Inception statistics file of the reference images. Conditional priors are sampled
 class-balanced (sample i has class i mod C).
@@ -11,8 +11,10 @@ import numpy as np
 import torch
 
 from evaluation import metrics
-from evaluation.images import ImageArray, Inception, load_stats, resolve_weights
-from evaluation.tokens import CACHE_NAME, TokenEvaluator
+from evaluation.image_sets import ImageArray
+from evaluation.inception import Inception, resolve_weights
+from evaluation.inception_stats import load_stats
+from evaluation.token_evaluator import TokenEvaluator
 from infra.errors import UserError
 from infra.precision import check_precision, inference_precision
 from priors.base import prior_type
@@ -84,13 +86,13 @@ class SampleQuality:
             root = self.cfg.data.root or self.cfg.data.train_root
             self._scorer = TokenEvaluator(train_tokens, train_labels, eval_tokens, eval_labels,
                                           self.cfg.data.vocab_size, num_classes=self.cfg.net.num_classes,
-                                          cache_path=f"{root}/{CACHE_NAME}", log=self.log)
+                                          cache_dir=root, log=self.log)
         return self._scorer
 
     def _score_tokens(self, tokens):
         labels = self.labels()
         row = self._token_scorer().score(tokens.numpy(), None if labels is None else labels.numpy())
-        keys = ("fd", "precision", "recall", "density", "coverage", "cond_accuracy", "memorisation")
+        keys = ("fd", "precision", "recall", "density", "coverage", "cond_accuracy", "memorisation", "near_copies")
         return {k: row[k] for k in keys if row.get(k) is not None}
 
     def _score_images(self, tokens):

@@ -336,7 +336,13 @@ def test_evaluation_section_logs_sample_quality_while_training(tmp_path):
     assert all(0 <= v <= 1 for _, v in metrics(run_dir, "eval/cond_accuracy"))
     assert 2 <= metrics(run_dir, "eval/mean_steps")[0][1] <= 6  # min_steps 2, steps 6
     assert "step 20: fd " in proc.stdout
-    assert (tmp_path / "latents" / "evaluation-classifier.pt").is_file()  # trained on the train split, cached
+    cached = sorted((tmp_path / "latents").glob("evaluation-classifier-*.pt"))
+    assert len(cached) == 1  # trained on the train split, cached under its content's name
+    # evaluate.py on the same train split finds the same classifier: same key, nothing retrained
+    np.save(tmp_path / "grids.npy", np.zeros((8, 4, 4), dtype=np.int64))
+    proc = expect_ok(run_main("evaluate.py", tmp_path / "grids.npy", "--dataset", tmp_path / "latents"))
+    assert f"token classifier: {cached[0]}" in proc.stdout and "retraining" not in proc.stdout
+    assert sorted((tmp_path / "latents").glob("evaluation-classifier-*.pt")) == cached
 
 
 def test_class_balanced_samples_and_their_labels_file(tiny_prior, tmp_path):
@@ -347,7 +353,7 @@ def test_class_balanced_samples_and_their_labels_file(tiny_prior, tmp_path):
     assert np.load(tmp_path / "labels.npy").tolist() == [0, 1, 0, 1, 0, 1, 0, 1, 0]
     proc = run_main("evaluate.py", tmp_path / "grids.npy", "--dataset", tiny_prior.data, "--labels",
                     tmp_path / "labels.npy", "--sampling-summary", tmp_path / "s" / "summary.json",
-                    "--classifier-cache", tmp_path / "classifier.pt")
+                    "--classifier-cache-dir", tmp_path / "classifiers")
     assert proc.returncode == 0, proc.stderr
     assert "sampling: mean " in proc.stdout and "of at most 6 steps per sample" in proc.stdout
 

@@ -1,62 +1,16 @@
-"""Token-space evaluation on scikit-learn's digits: the classifier sees train rows only, the
-metrics and reference rows behave, the cache follows the train split, mistakes are one line."""
+"""Token-space evaluation on scikit-learn's digits: the metrics and reference rows behave, the
+table compares at equal n, evaluate.py prints and writes them, mistakes are one line."""
 import json
 
 import numpy as np
 import pytest
 
-from evaluation import tokens
-from latents.dataset import LatentDataset
-from tests.helpers import assert_user_error, run_main, write_tiny_latents
-
-
-def quiet(message):
-    pass
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evaluation") / "digits"
-    proc = run_main("generate-discrete-mnist.py", "digits", root)
-    assert proc.returncode == 0, proc.stderr
-    return root
-
-
-@pytest.fixture(scope="module")
-def splits(digits):
-    train, held_out = LatentDataset(digits, "train"), LatentDataset(digits, "eval")
-    return (np.asarray(train.tokens), np.asarray(train.labels), np.asarray(held_out.tokens),
-            np.asarray(held_out.labels), train.codebook_size, train.num_classes)
-
-
-@pytest.fixture(scope="module")
-def evaluator(digits, splits):
-    """Trained once with the default recipe and cached beside the dataset, where evaluate.py finds it."""
-    return tokens.TokenEvaluator(*splits, cache_path=digits / tokens.CACHE_NAME, log=quiet)
+from evaluation import report
+from tests.helpers import assert_user_error, run_main
 
 
 def rows_as_bytes(grids):
     return {np.asarray(g, dtype=np.int64).tobytes() for g in grids}
-
-
-def test_the_classifier_is_trained_on_train_rows_only(splits, monkeypatch):
-    train_tokens, train_labels, eval_tokens, eval_labels, vocab, classes = splits
-    assert not rows_as_bytes(eval_tokens) & rows_as_bytes(train_tokens)  # digits: no eval row repeats a train row
-    seen = []
-    real_train = tokens.train_classifier
-
-    def recording_train(grids, labels, *args, **kwargs):
-        seen.append((np.array(grids), np.array(labels)))
-        return real_train(grids, labels, *args, **{**kwargs, "recipe": {"examples": 2000}})  # quick
-
-    monkeypatch.setattr(tokens, "train_classifier", recording_train)
-    evaluator = tokens.TokenEvaluator(train_tokens, train_labels, eval_tokens, eval_labels, vocab, classes, log=quiet)
-    assert len(seen) == 1
-    grids, labels = seen[0]
-    np.testing.assert_array_equal(grids, train_tokens)
-    np.testing.assert_array_equal(labels, train_labels)
-    assert not rows_as_bytes(grids) & rows_as_bytes(eval_tokens)
-    assert evaluator.eval_accuracy is not None and 0 <= evaluator.eval_accuracy <= 1
 
 
 def test_copies_of_training_grids_are_memorised_and_eval_grids_are_not(evaluator, splits):
@@ -108,9 +62,15 @@ def test_evaluate_states_n_and_compares_blocks_at_equal_n(evaluator, splits):
     assert {name: row["n"] for name, row in rows.items()} == {
         "samples": 1000, "marginals": 1000, f"samples (n={m})": m, "eval vs train": m, f"marginals (n={m})": m}
     assert rows["marginals"]["fd"] > rows["samples"]["fd"]
-    table = tokens.format_rows(rows)
+    # the samples are training grids: every one an exact and a near copy; real held-out grids rarely near
+    assert rows["samples"]["memorisation"] == rows["samples"]["near_copies"] == 1.0
+    assert rows["eval vs train"]["near_copies"] <= 0.01 and all("near_copies" in row for row in rows.values())
+    table = report.format_token_rows(rows, evaluator.near_copy_threshold, evaluator.near_copy_rule)
     assert f"n={m}" in table and "eval vs train" in table
-    ratios = tokens.relative_to_real(rows)  # the class-matched subset against real data, at equal n
+    assert table.splitlines()[0].split()[-1] == "near_copies"
+    assert f"within Hamming distance d = {evaluator.near_copy_threshold} of a train grid" in table
+    assert evaluator.near_copy_rule in table
+    ratios = report.relative_to_real(rows)  # the class-matched subset against real data, at equal n
     assert ratios["fd"] == rows[f"samples (n={m})"]["fd"] / rows["eval vs train"]["fd"]
     assert ratios["recall"] == rows[f"samples (n={m})"]["recall"] / rows["eval vs train"]["recall"]
     assert f"recall {ratios['recall']:.3f}x" in table
@@ -118,30 +78,7 @@ def test_evaluate_states_n_and_compares_blocks_at_equal_n(evaluator, splits):
     small = evaluator.evaluate(eval_tokens[:50], eval_labels[:50], seed=0)  # the eval split holds these
     assert list(small) == ["samples", "eval vs train", "marginals"]
     assert {row["n"] for row in small.values()} == {50}
-    assert tokens.relative_to_real(small)["fd"] == small["samples"]["fd"] / small["eval vs train"]["fd"]
-
-
-def test_the_cached_classifier_is_reused_until_the_train_split_changes(tmp_path, monkeypatch):
-    calls = []
-    real_train = tokens.train_classifier
-    monkeypatch.setattr(tokens, "train_classifier", lambda *a, **k: calls.append(1) or real_train(*a, **k))
-    cache = tmp_path / "classifier.pt"
-
-    def build(seed):
-        data = tmp_path / f"latents-{seed}"
-        if not data.exists():
-            write_tiny_latents(data, seed=seed)
-        train, held_out = LatentDataset(data, "train"), LatentDataset(data, "eval")
-        return tokens.TokenEvaluator(train.tokens, train.labels, held_out.tokens, held_out.labels,
-                                     train.codebook_size, train.num_classes, cache_path=cache, log=quiet)
-
-    first = build(seed=0)
-    assert len(calls) == 1 and cache.is_file()
-    again = build(seed=0)
-    assert len(calls) == 1 and again.eval_accuracy == first.eval_accuracy
-    np.testing.assert_array_equal(again.train_features, first.train_features)
-    build(seed=1)  # another train split
-    assert len(calls) == 2
+    assert report.relative_to_real(small)["fd"] == small["samples"]["fd"] / small["eval vs train"]["fd"]
 
 
 def test_evaluate_script_prints_the_table_and_writes_json(evaluator, digits, splits, tmp_path):
@@ -156,8 +93,13 @@ def test_evaluate_script_prints_the_table_and_writes_json(evaluator, digits, spl
     assert f"accuracy on the eval split {evaluator.eval_accuracy:.3f}" in proc.stdout
     for row in ("samples", "eval vs train", "marginals"):
         assert row in proc.stdout
+    assert "near_copies" in proc.stdout and evaluator.near_copy_rule in proc.stdout
     result = json.loads(out.read_text())
-    assert result["memorisation"] == 1.0 and result["n_samples"] == 200
+    assert result["memorisation"] == 1.0 and result["near_copies"] == 1.0 and result["n_samples"] == 200
+    assert result["near_copy_threshold"] == {"distance": evaluator.near_copy_threshold,
+                                             "rule": evaluator.near_copy_rule}
+    assert all("near_copies" in row for row in result["rows"].values())
+    assert result["classifier"]["path"] == str(evaluator.classifier_path)
     assert result["fd"] == pytest.approx(evaluator.score(train_tokens[:200], train_labels[:200])["fd"])
     assert set(result["rows"]) >= {"samples", "eval vs train", "marginals"}
 
