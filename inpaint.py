@@ -18,7 +18,7 @@ from infra.devices import configure_threads
 from infra.images import save_png
 from infra.errors import UserError
 from generation.inpainting import figure_row, inpaint, latent_keep_mask, load_inputs, regenerate_mask
-from generation.pretrained import add_prior_args, prior_from_args, sampling_config
+from generation.pretrained import add_prior_args, prior_from_args, sampling_from_args
 
 
 def parse_args(argv):
@@ -46,14 +46,14 @@ def main(argv=None):
         raise UserError(f"--nb-samples must be >= 1, got {args.nb_samples}")
     prior = prior_from_args(args, max_batch=args.nb_samples)
     prior.check_class(args.class_idx)
-    sampling = sampling_config(prior.cfg.sampling, args)
+    sampling = sampling_from_args(prior, args)
     prior.check_sampling(sampling)
     f = prior.vqgan.downsample_factor if prior.vqgan is not None else 1
     h, w = prior.latent_shape
     generator = torch.Generator().manual_seed(args.seed)
     regenerate = regenerate_mask((h * f, w * f), args.mask, args.block, args.random_blocks, generator)
     keep = latent_keep_mask(regenerate, f)
-    prior.type.check_keep_mask(keep)  # the autoregressive prior completes raster prefixes only
+    prior.type.check_keep_mask(keep[None])  # e.g. a prior that completes raster prefixes only
     print(f"regenerating {int((~keep).sum())} of {h * w} latent positions")
 
     for name, tokens, image, label in load_inputs(prior, args.images, args.dataset_rows, args.class_idx):

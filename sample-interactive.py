@@ -7,14 +7,14 @@ the sampling steps.
 """
 from infra.cli import ArgumentParser, run_cli
 from infra.devices import configure_threads
-from generation.interactive import InteractiveSampler, Params
-from generation.pretrained import add_prior_args, prior_from_args
+from generation.interactive import InteractiveSampler, MenuOptions
+from generation.pretrained import add_prior_args, prior_from_args, sampling_from_args
 
 
 def parse_args(argv):
     p = ArgumentParser(__doc__)
     p.add_argument("--out-dir", default="interactive")
-    add_prior_args(p, sampling_flags=False)  # parameters are edited in the menu
+    add_prior_args(p)  # the sampling flags set the menu's starting values
     return p.parse_args(argv)
 
 
@@ -22,7 +22,9 @@ def main(argv=None):
     configure_threads()  # first: SUNDAE_THREADS / OMP_NUM_THREADS, else 1 (infra/devices.py)
     args = parse_args(argv)
     prior = prior_from_args(args)
-    InteractiveSampler(prior, Params.from_sampling(prior.cfg.sampling, seed=args.seed), args.out_dir).run()
+    settings = sampling_from_args(prior, args)
+    prior.check_sampling(settings)
+    InteractiveSampler(prior, settings, MenuOptions(seed=args.seed), args.out_dir).run()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from infra.distributed import from_environment, process_group
 from infra.files import writable_dir, writable_file
 from generation.bulk import bulk_sample, save_sample_grid
 from infra.errors import UserError
-from generation.pretrained import add_prior_args, prior_from_args, sampling_config
+from generation.pretrained import add_prior_args, prior_from_args, sampling_from_args
 
 
 def parse_args(argv):
@@ -62,7 +62,7 @@ def main(argv=None):
     prior = prior_from_args(args, max_batch=args.batch_size)
     if prior.num_classes is None and (args.class_balanced or args.save_labels):
         raise UserError(f"--class-balanced / --save-labels: the prior of {args.cfg_path} is not class-conditional")
-    sampling = sampling_config(prior.cfg.sampling, args)
+    sampling = sampling_from_args(prior, args)
     prior.check_sampling(sampling)
     nb_samples = args.nb_samples or prior.cfg.sampling.nb_samples
     with process_group(procs, prior.device):

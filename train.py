@@ -19,8 +19,7 @@ from infra.runs import claim_run_dir
 from infra.trainer import add_run_args, build_trainer
 from training.checkpoint import check_fits, read_checkpoint
 from training.config import load_config, replace_section, run_dir
-from training.data import open_splits
-from generation.pretrained import load_config_vqgan
+from training.data import load_config_vqgan, open_splits
 from training.quality import SampleQuality
 from training.module import LatentDataModule, PriorModule
 

@@ -13,7 +13,7 @@ from torchvision.utils import make_grid
 from infra.errors import UserError
 from infra.files import atomic_path
 from infra.images import save_png, to_unit
-from priors.sundae import SamplingConfig
+from priors.settings import field_kind, fields
 
 MENU = """
   1) sample
@@ -22,45 +22,25 @@ MENU = """
   4) exit"""
 
 
-@dataclasses.dataclass
-class Params:
-    steps: int
-    nb_samples: int
-    temperature: float
-    end_temperature: float
-    sample_proportion: float
-    end_sample_proportion: float
-    min_steps: int
-    early_stop: bool = True
-    freeze_threshold: float = 0.0
-    freeze_patience: int = 1
-    guidance_scale: float = 1.0
-    end_guidance_scale: float = 1.0
-    history: bool = False
+@dataclasses.dataclass(frozen=True)
+class MenuOptions:
+    """What the menu adds to the prior's sampling settings."""
+    history: bool = False  # also save an animated GIF of the sampling steps
     class_idx: int = -1  # -1: random classes (conditional models)
     seed: int = 0
 
-    @classmethod
-    def from_sampling(cls, s, seed=0):
-        """The menu's starting values: a config's [sampling], end values made explicit."""
-        return cls(steps=s.steps, nb_samples=s.nb_samples, temperature=s.temperature,
-                   end_temperature=s.end_temperature or s.temperature,
-                   sample_proportion=s.sample_proportion,
-                   end_sample_proportion=s.end_sample_proportion or s.sample_proportion,
-                   min_steps=s.min_steps, early_stop=s.early_stop, freeze_threshold=s.freeze_threshold,
-                   freeze_patience=s.freeze_patience, guidance_scale=s.guidance_scale,
-                   end_guidance_scale=s.guidance_scale if s.end_guidance_scale is None else s.end_guidance_scale,
-                   seed=seed)
 
-    def sampling(self):
-        fields = {f.name for f in dataclasses.fields(SamplingConfig) if f.init}
-        return SamplingConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in fields})
-
-
-def parse_value(kind, text):
-    """Text typed at the prompt -> a value of `kind` (UserError when it does not parse)."""
+def parse_value(kind, text, optional=False):
+    """Text typed at the prompt -> a value of `kind` (int, float, bool, str or a tuple of
+    allowed values); 'none' unsets an optional value. UserError when it does not parse."""
     text = text.strip()
     try:
+        if optional and text.lower() == "none":
+            return None
+        if isinstance(kind, tuple):
+            if text in kind:
+                return text
+            raise ValueError
         if kind is bool:
             if text.lower() in ("y", "yes", "true", "1", "on"):
                 return True
@@ -69,12 +49,16 @@ def parse_value(kind, text):
             raise ValueError
         return kind(text)
     except ValueError:
-        raise UserError(f"'{text}' is not a valid {kind.__name__}") from None
+        expected = f"one of {', '.join(kind)}" if isinstance(kind, tuple) else f"valid {kind.__name__}"
+        raise UserError(f"'{text}' is not a {expected}{' (or none)' if optional else ''}") from None
 
 
 class InteractiveSampler:
-    def __init__(self, prior, params, out_dir, ask=input, say=print):
-        self.prior, self.params, self.out_dir = prior, params, Path(out_dir)
+    """The menu over a trained prior: `settings` are the prior's own sampling settings (the ones
+    its config's [sampling] holds), edited field by field, beside the menu's options."""
+
+    def __init__(self, prior, settings, options, out_dir, ask=input, say=print):
+        self.prior, self.settings, self.options, self.out_dir = prior, settings, options, Path(out_dir)
         self.ask, self.say = ask, say
         self.count = 0
         self.last_seed = None
@@ -87,7 +71,7 @@ class InteractiveSampler:
                 if choice == 4:
                     return
                 if choice == 1:
-                    self.sample(seed=self.params.seed + self.count)
+                    self.sample(seed=self.options.seed + self.count)
                 elif choice == 2:
                     if self.last_seed is None:
                         self.say("nothing sampled yet")
@@ -107,43 +91,42 @@ class InteractiveSampler:
             self.say(f"invalid choice '{answer}': type 1, 2, 3 or 4")
 
     def edit(self):
-        """Ask for every parameter in turn; Enter keeps the current value, bad input is re-asked."""
-        for field in dataclasses.fields(Params):
+        """Ask for every setting in turn; Enter keeps the current value, bad input is re-asked."""
+        for name, holder in [(f.name, "settings") for f in fields(type(self.settings))] + \
+                            [(f.name, "options") for f in dataclasses.fields(MenuOptions)]:
             while True:
-                current = getattr(self.params, field.name)
-                answer = self.ask(f"{field.name} [{current}]: ")
+                current = getattr(getattr(self, holder), name)
+                unset = " (= start)" if current is None and name.startswith("end_") else ""
+                answer = self.ask(f"{name} [{current}{unset}]: ")
                 if not answer.strip():
                     break
                 try:
-                    value = parse_value(field.type, answer)
-                    candidate = dataclasses.replace(self.params, **{field.name: value})
-                    self.validate(candidate)
+                    kind, optional = field_kind(type(getattr(self, holder)), name)
+                    value = parse_value(kind, answer, optional)
+                    candidate = dataclasses.replace(getattr(self, holder), **{name: value})  # checks the value
+                    if name == "class_idx" and value != -1:
+                        self.prior.check_class(value)
                 except UserError as e:
                     self.say(f"  {e}; try again")
                     continue
-                self.params = candidate
+                setattr(self, holder, candidate)
                 break
 
-    def validate(self, params):
-        params.sampling()  # SamplingConfig checks the sampler's own fields, nb_samples included
-        if params.class_idx != -1:
-            self.prior.check_class(params.class_idx)
-
     def sample(self, seed):
-        p, prior = self.params, self.prior
+        s, options, prior = self.settings, self.options, self.prior
         g = torch.Generator(device=prior.device).manual_seed(seed)
         cond = None
         if prior.num_classes is not None:
-            cond = (torch.full((p.nb_samples,), p.class_idx, device=prior.device) if p.class_idx >= 0
-                    else torch.randint(prior.num_classes, (p.nb_samples,), generator=g, device=prior.device))
-        result = prior.sample(prior.latent_shape, p.sampling(), nb_samples=p.nb_samples, cond=cond,
-                              generator=g, return_history=p.history)
-        nrow = max(1, int(math.sqrt(p.nb_samples)))
+            cond = (torch.full((s.nb_samples,), options.class_idx, device=prior.device) if options.class_idx >= 0
+                    else torch.randint(prior.num_classes, (s.nb_samples,), generator=g, device=prior.device))
+        result = prior.sample(prior.latent_shape, s, nb_samples=s.nb_samples, cond=cond, generator=g,
+                              return_history=options.history)
+        nrow = max(1, int(math.sqrt(s.nb_samples)))
         path = self.out_dir / f"sample-{self.count:04d}.png"
         save_png(prior.render(result.tokens), path, nrow=nrow)
         self.say(f"wrote {path} (steps used: mean {result.steps_used.float().mean():.1f}, "
                  f"max {int(result.steps_used.max())}; seed {seed})")
-        if p.history:
+        if options.history:
             gif = path.with_suffix(".gif")
             save_history_gif([prior.render(step) for step in result.history], gif, nrow)
             self.say(f"wrote {gif} ({len(result.history)} frames)")

@@ -80,9 +80,17 @@ Probability = Annotated[float, Range(0, 1, high_open=True)]  # dropouts, decays,
 UnitFloat = Annotated[float, Range(0, 1)]
 
 
+def setting(default=dataclasses.MISSING, doc="", *, factory=None, **metadata):
+    """A config field with its one-line documentation, which the config reference and the
+    command-line help print (`metadata["doc"]`); `factory` for mutable defaults."""
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"doc": doc, **metadata})
+    return dataclasses.field(default=default, metadata={"doc": doc, **metadata})
+
+
 def ignored(default, reason):
     """A field kept only so that original configs load; setting it has no effect (and warns)."""
-    return dataclasses.field(default=default, metadata={"ignored": reason})
+    return dataclasses.field(default=default, metadata={"ignored": reason, "doc": f"accepted and ignored: {reason}"})
 
 
 # --- files -------------------------------------------------------------------------------------
@@ -184,8 +192,10 @@ def _join(where, key):
 
 @dataclass
 class Built:
-    """What `build` found beside the values: keys that are accepted but have no effect."""
+    """What `build` found beside the values: keys that are accepted but have no effect, and
+    notes for the user (a deprecated place of a key)."""
     ignored: list = dataclasses.field(default_factory=list)  # [(key path, reason)]
+    notes: list = dataclasses.field(default_factory=list)  # [message]
 
 
 def build(cls, mapping, where="", source=None, report=None):

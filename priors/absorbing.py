@@ -22,7 +22,7 @@ each averaged over the batch. E_t[vb(t)] is the ELBO in bits per token (x_T is d
 the prior term is 0). The paper's appendix B writes the reweighting as (T - t + 1)/T; the code,
 which trained the published models, uses 1 - t/T, and so do we (t = T then carries no weight).
 
-Samplers (both return priors.sundae.SampleResult; known tokens start unmasked and never change):
+Samplers (both return priors.base.SampleResult; known tokens start unmasked and never change):
 
 - `sample_absorbing`, Unleashing's `sample`: S steps counting t = S, S-1, ..., 1; at step t each
   still-masked position is unmasked with probability 1/t (the last step unmasks the rest), and
@@ -35,20 +35,46 @@ Samplers (both return priors.sundae.SampleResult; known tokens start unmasked an
   positions stay masked after step k (N0 = masked at the start; see `maskgit_schedule` for the
   clamps), with Gumbel noise choice_temperature * (1 - (k + 1)/S) on the log-confidences.
 """
+import dataclasses
 import math
-from numbers import Real
-from typing import NamedTuple
+from typing import Literal, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from priors.categorical import sample_categorical
+from infra.config import NonNegativeFloat, PositiveInt, setting
+from priors.base import Prior, SampleResult, StepLoss, denoiser
 from priors.errors import PriorError
-from priors.grids import cond_for, count, keep_mask_for, positive, start_grid
-from priors.sundae import SampleResult
+from priors.grids import checked_logits, cond_for, count, masked_start, sample_categorical
+from priors.settings import ParallelSampling, PriorSettings
 
 LOSS_TYPES = ("reweighted_elbo", "elbo")
+MASKGIT_CHOICE_TEMPERATURE = 4.5  # maskgit_class_cond_config.py
+NO_MASK_LOGIT = " (the mask token gets no logit: build the backbone with num_outputs=V)"
+
+
+@dataclasses.dataclass(frozen=True)
+class AbsorbingTraining(PriorSettings):
+    """[prior] of an absorbing prior."""
+    loss_type: Literal["reweighted_elbo", "elbo"] = setting(
+        "reweighted_elbo", "Unleashing's reweighted ELBO (1 - t/T) or the plain ELBO (T/t)")
+    num_timesteps: Optional[PositiveInt] = setting(None, "T of the forward process (default: h * w)")
+
+
+@dataclasses.dataclass(frozen=True)
+class AbsorbingSampling(ParallelSampling):
+    """[sampling] of an absorbing prior: `steps` is S, the steps of the reverse chain."""
+    decoder: Literal["unleashing", "maskgit"] = setting(
+        "unleashing", "Unleashing's random-order unmasking, or MaskGIT's confidence decoding (8-16 steps)")
+    choice_temperature: Optional[NonNegativeFloat] = setting(
+        None, f"maskgit decoder: the Gumbel noise scale on confidences (default {MASKGIT_CHOICE_TEMPERATURE})")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.choice_temperature is not None and self.decoder != "maskgit":
+            raise PriorError(f"sampling.choice_temperature: a setting of the maskgit decoder, but "
+                             f"sampling.decoder = {self.decoder!r}")
 
 
 # --- forward process -----------------------------------------------------------------------------
@@ -111,7 +137,7 @@ def absorbing_loss(
     t_steps = _timesteps(num_timesteps, tokens)
     t = sample_timesteps(tokens.shape[0], t_steps, generator=generator, device=tokens.device)
     noisy, mask = mask_tokens(tokens, t, t_steps, mask_id=num_tokens, generator=generator)
-    logits = _checked(model(noisy, cond), num_tokens)
+    logits = checked_logits(model(noisy, cond), num_tokens, NO_MASK_LOGIT)
     loss = loss_per_sample(logits, tokens, mask, t, num_timesteps=t_steps, loss_type=loss_type)
     with torch.no_grad():
         elbo = loss if loss_type == "elbo" else loss_per_sample(
@@ -138,13 +164,13 @@ def elbo_bits_per_token(
     if not all_timesteps:
         t = sample_timesteps(b, t_steps, generator=generator, device=tokens.device)
         noisy, mask = mask_tokens(tokens, t, t_steps, mask_id=num_tokens, generator=generator)
-        logits = _checked(model(noisy, cond), num_tokens)
+        logits = checked_logits(model(noisy, cond), num_tokens, NO_MASK_LOGIT)
         return loss_per_sample(logits, tokens, mask, t, num_timesteps=t_steps, loss_type="elbo")
     total = torch.zeros(b, dtype=torch.float32, device=tokens.device)
     for step in range(1, t_steps + 1):
         t = torch.full((b,), step, dtype=torch.long, device=tokens.device)
         noisy, mask = mask_tokens(tokens, t, t_steps, mask_id=num_tokens, generator=generator)
-        logits = _checked(model(noisy, cond), num_tokens)
+        logits = checked_logits(model(noisy, cond), num_tokens, NO_MASK_LOGIT)
         total += _masked_cross_entropy_sum(logits, tokens, mask) / step
     return total / (n * math.log(2))
 
@@ -157,61 +183,24 @@ def _masked_cross_entropy_sum(logits, tokens, mask):
         return (ce * rearrange(mask, "b h w -> b (h w)")).sum(dim=1)
 
 
-# --- starting grids ------------------------------------------------------------------------------
-
-
-def masked_start(start, *, mask_id, nb_samples=None, keep_mask=None, device=None):
-    """Resolve a sampler's start to (tokens (N, h, w) long with mask_id where unknown, known (N, h, w) bool).
-
-    start: a shape, (h, w) with nb_samples or (N, h, w): everything unknown. Or a LongTensor,
-    (h, w) with nb_samples or (N, h, w), with values in [0, mask_id]: the known positions are
-    keep_mask's True entries (bool, (h, w) or (N, h, w)), or without keep_mask the positions
-    that do not hold mask_id. Known positions must hold real tokens (< mask_id).
-    """
-    tokens, shape, device = start_grid(start, nb_samples, device)
-    if tokens is None:
-        if keep_mask is not None:
-            keep_mask_for(keep_mask, tokens)  # says that a keep-mask needs start tokens
-        return torch.full(shape, mask_id, dtype=torch.long, device=device), torch.zeros(shape, dtype=torch.bool,
-                                                                                          device=device)
-    if tokens.numel() and (tokens.min() < 0 or tokens.max() > mask_id):
-        raise PriorError(f"start tokens must lie in [0, {mask_id}] ({mask_id} = masked), got values outside")
-    known = tokens != mask_id if keep_mask is None else keep_mask_for(keep_mask, tokens)
-    if keep_mask is not None and bool((tokens[known] == mask_id).any()):
-        raise PriorError(f"keep_mask keeps a position whose start token is the mask ({mask_id})")
-    return torch.where(known, tokens, torch.full_like(tokens, mask_id)), known
-
-
 # --- Unleashing's sampler ------------------------------------------------------------------------
 
 
 @torch.inference_mode()
-def sample_absorbing(
-    model,
-    start,
-    *,
-    num_tokens,
-    steps,
-    temperature=1.0,
-    nb_samples=None,
-    cond=None,
-    keep_mask=None,
-    generator=None,
-    device=None,
-    return_history=False,
-):
-    """Unmask a grid in a random order over `steps` steps (Unleashing Transformers' sampler).
+def sample_absorbing(model, start, settings, *, num_tokens, nb_samples=None, cond=None, keep_mask=None,
+                     generator=None, device=None, return_history=False):
+    """Unmask a grid in a random order over S = settings.steps steps (Unleashing Transformers' sampler).
 
-    start/nb_samples/keep_mask: see `masked_start` (a shape starts fully masked). Step k (0-based)
-    has t = steps - k: each still-masked position is unmasked with probability 1/t and takes a
-    draw from softmax(model(x) / temperature); known positions never change. The model runs only
-    on the samples that unmask something this step, so steps_used counts each sample's forwards
-    (<= steps). cond: None or a tensor with one row per sample. All randomness comes from
+    model(x (A, h, w) in [0, V], cond) -> logits (A, h, w, V), or a priors.base.Denoiser.
+    start/nb_samples/keep_mask: see `priors.grids.masked_start` (a shape starts fully masked).
+    Step k (0-based) has t = S - k: each still-masked position is unmasked with probability 1/t
+    and takes a draw from softmax(model(x) / temperature); known positions never change. The
+    model runs only on the samples that unmask something this step, so steps_used counts each
+    sample's forwards (<= S). cond: None or a tensor with one row per sample. All randomness comes from
     `generator` (on `device`). history: [start, after step 1, ...], mask id = num_tokens.
     """
     count("num_tokens", num_tokens)
-    count("steps", steps)
-    positive("temperature", temperature)
+    denoise, steps, temperature = denoiser(model), settings.steps, settings.temperature
     mask_id = num_tokens
     tokens, _ = masked_start(start, mask_id=mask_id, nb_samples=nb_samples, keep_mask=keep_mask, device=device)
     n, device = tokens.shape[0], tokens.device
@@ -225,7 +214,8 @@ def sample_absorbing(
         reveal = masked & (torch.rand(tokens.shape, generator=generator, device=device) < 1.0 / t)
         active = reveal.flatten(1).any(dim=1).nonzero().squeeze(1)  # (A,) the one host sync per step
         if active.numel():
-            logits = _checked(model(tokens[active], None if cond is None else cond[active]), num_tokens)
+            logits = checked_logits(denoise(tokens[active], None if cond is None else cond[active], step),
+                                    num_tokens, NO_MASK_LOGIT)
             draws = sample_categorical(logits.float() / temperature, generator=generator)  # (A, h, w)
             tokens[active] = torch.where(reveal[active], draws, tokens[active])
             steps_used[active] += 1
@@ -261,21 +251,8 @@ def maskgit_schedule(num_unknown, steps):
 
 
 @torch.inference_mode()
-def sample_maskgit(
-    model,
-    start,
-    *,
-    num_tokens,
-    steps=12,
-    temperature=1.0,
-    choice_temperature=4.5,
-    nb_samples=None,
-    cond=None,
-    keep_mask=None,
-    generator=None,
-    device=None,
-    return_history=False,
-):
+def sample_maskgit(model, start, settings, *, num_tokens, nb_samples=None, cond=None, keep_mask=None,
+                   generator=None, device=None, return_history=False):
     """MaskGIT's confidence decoding with the same denoiser: many tokens per step, surest first.
 
     Step k (0-based, ratio r = (k + 1)/steps): draw every masked position from
@@ -284,14 +261,13 @@ def sample_maskgit(
     positions count as infinitely confident. The `maskgit_schedule(...)[:, k]` least confident
     draws are masked again; all others are decoded for good (nothing decoded is ever re-masked).
     A sample runs the model only at the steps that decode some of its positions (steps_used).
-    start/nb_samples/keep_mask: see `masked_start`; known tokens count as decoded from the start.
+    start/nb_samples/keep_mask: see `priors.grids.masked_start`; known tokens count as decoded from the start.
     MaskGIT's defaults: 8-16 steps, choice_temperature 4.5 (maskgit_class_cond_config.py).
     """
     count("num_tokens", num_tokens)
-    count("steps", steps)
-    positive("temperature", temperature)
-    if not (_is_real(choice_temperature) and choice_temperature >= 0 and math.isfinite(choice_temperature)):
-        raise PriorError(f"maskgit choice_temperature must be a number >= 0, got {choice_temperature!r}")
+    denoise, steps, temperature = denoiser(model), settings.steps, settings.temperature
+    choice_temperature = (MASKGIT_CHOICE_TEMPERATURE if settings.choice_temperature is None
+                          else settings.choice_temperature)
     mask_id = num_tokens
     tokens, known = masked_start(start, mask_id=mask_id, nb_samples=nb_samples, keep_mask=keep_mask, device=device)
     n, device = tokens.shape[0], tokens.device
@@ -307,7 +283,8 @@ def sample_maskgit(
         active = (target < remaining).nonzero().squeeze(1)  # samples that decode something now
         if active.numel():
             current = tokens[active]  # (A, h, w)
-            logits = _checked(model(current, None if cond is None else cond[active]), num_tokens)
+            logits = checked_logits(denoise(current, None if cond is None else cond[active], step),
+                                    num_tokens, NO_MASK_LOGIT)
             logits = logits.float() / temperature
             unknown = current == mask_id
             draws = torch.where(unknown, sample_categorical(logits, generator=generator), current)
@@ -342,14 +319,6 @@ def _lowest(scores, counts):
 # --- checks --------------------------------------------------------------------------------------
 
 
-def _checked(logits, num_tokens):
-    if logits.shape[-1] != num_tokens:
-        raise PriorError(
-            f"model gives {logits.shape[-1]} logits per position, expected num_tokens={num_tokens} "
-            "(the mask token gets no logit: build the backbone with num_outputs=V)")
-    return logits
-
-
 def _timesteps(num_timesteps, tokens):
     if tokens.dim() != 3:
         raise PriorError(f"tokens must be (B, h, w), got shape {tuple(tokens.shape)}")
@@ -359,5 +328,24 @@ def _timesteps(num_timesteps, tokens):
     return num_timesteps
 
 
-def _is_real(value):
-    return isinstance(value, Real) and not isinstance(value, bool)
+# --- the prior -----------------------------------------------------------------------------------
+
+
+class Absorbing(Prior):
+    name = "absorbing"
+    Training = AbsorbingTraining
+    Sampling = AbsorbingSampling
+    guidance = True
+    compiles = True
+
+    def _model(self):  # reads V + 1 tokens (the mask is token V), predicts V
+        return self._hourglass(self.num_tokens + 1, num_outputs=self.num_tokens)
+
+    def loss(self, model, tokens, cond, generator):
+        p = self.cfg.prior
+        out = absorbing_loss(model, tokens, cond, generator, num_tokens=self.num_tokens,
+                             num_timesteps=p.num_timesteps, loss_type=p.loss_type)
+        return StepLoss(out.loss, out.accuracy, {"elbo_bits": out.elbo_bits})
+
+    def sampler(self, settings):
+        return sample_maskgit if settings.decoder == "maskgit" else sample_absorbing

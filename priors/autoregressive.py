@@ -13,19 +13,30 @@ the whole prefix. Both paths draw exactly one uniform number per sample per step
 generator, so under one seed they give the same tokens. Inpainting is causal only: the known
 tokens must be a raster-order prefix of each grid.
 """
+import dataclasses
 import math
-from numbers import Real
-from typing import NamedTuple
+from typing import Annotated, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from priors.absorbing import masked_start
-from priors.categorical import sample_categorical
+from hourglass_transformer import HourglassError
+from hourglass_transformer.causal import CausalTransformerLM
+from infra.config import PositiveInt, Range, setting
+from priors.base import Prior, SampleResult, StepLoss
 from priors.errors import PriorError
-from priors.grids import cond_for, count, positive
-from priors.sundae import SampleResult
+from priors.grids import checked_logits, cond_for, count, is_real, masked_start, sample_categorical
+from priors.settings import SamplingSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoregressiveSampling(SamplingSettings):
+    """[sampling] of an autoregressive prior: a grid takes h * w forwards, one token each."""
+    top_k: Optional[PositiveInt] = setting(None, "draw from the k most probable tokens only (default: all)")
+    top_p: Optional[Annotated[float, Range(0, 1, low_open=True)]] = setting(
+        None, "draw from the smallest set of tokens whose probability reaches p (default: all)")
+    use_cache: bool = setting(True, "feed one token per step through the KV cache (off: re-run the prefix)")
 
 
 class AutoregressiveLoss(NamedTuple):
@@ -40,7 +51,7 @@ def autoregressive_loss(model, tokens, cond=None, *, num_tokens):
     model(tokens (B, h, w), cond) -> logits (B, h, w, V), logits[:, r, c] predicting tokens[:, r, c]
     from the tokens before it in raster order (the shift is the model's). Computed in float32.
     """
-    logits = _checked(model(tokens, cond), num_tokens)
+    logits = checked_logits(model(tokens, cond), num_tokens)
     with torch.autocast(logits.device.type, enabled=False):
         loss = F.cross_entropy(rearrange(logits.float(), "b h w v -> (b h w) v"), tokens.reshape(-1))
     with torch.no_grad():
@@ -62,7 +73,7 @@ def filter_logits(logits, *, top_k=None, top_p=None):
             kth = logits.topk(top_k, dim=-1).values[..., -1:]  # (..., 1)
             logits = logits.masked_fill(logits < kth, -math.inf)
     if top_p is not None:
-        if not (_is_real(top_p) and 0 < top_p <= 1):
+        if not (is_real(top_p) and 0 < top_p <= 1):
             raise PriorError(f"top_p must be a number in (0, 1] or None, got {top_p!r}")
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.float().softmax(dim=-1)
@@ -94,36 +105,22 @@ def check_raster_prefix(known):
 
 
 @torch.inference_mode()
-def sample_autoregressive(
-    model,
-    start,
-    *,
-    num_tokens,
-    temperature=1.0,
-    top_k=None,
-    top_p=None,
-    use_cache=True,
-    nb_samples=None,
-    cond=None,
-    keep_mask=None,
-    generator=None,
-    device=None,
-    return_history=False,
-):
+def sample_autoregressive(model, start, settings, *, num_tokens, nb_samples=None, cond=None, keep_mask=None,
+                          generator=None, device=None, return_history=False):
     """Sample grids token by token in raster order, from the first unknown position on.
 
     start: a shape, (h, w) with nb_samples or (N, h, w), to sample whole grids; or a LongTensor
     (h, w) with nb_samples or (N, h, w) and a keep_mask (True = known) whose True entries form a
-    raster-order prefix of each grid (see priors.absorbing.masked_start; values == num_tokens
+    raster-order prefix of each grid (see priors.grids.masked_start; values == num_tokens
     mark unknown positions when keep_mask is None). Known tokens are fed, never drawn over.
+    settings: temperature, then top-k and top-p filtering of the logits, in that order.
     use_cache: feed one token per step through the model's KV cache; off, every step re-runs the
     model on the whole prefix (same tokens under one seed, for testing and benchmarks).
     steps_used: the model forwards each sample took (h*w - the shortest prefix in the batch).
     history: [start, after each step], unknown positions = num_tokens.
     """
     count("num_tokens", num_tokens)
-    positive("temperature", temperature)
-    filter_logits(torch.zeros(1, 1), top_k=top_k, top_p=top_p)  # check the filter settings up front
+    temperature, top_k, top_p = settings.temperature, settings.top_k, settings.top_p
     tokens, known = masked_start(start, mask_id=num_tokens, nb_samples=nb_samples, keep_mask=keep_mask, device=device)
     n, h, w = tokens.shape
     device = tokens.device
@@ -133,7 +130,7 @@ def sample_autoregressive(
     flat = rearrange(tokens, "n h w -> n (h w)").clone()  # (N, h*w), filled in place
     known_flat = rearrange(known, "n h w -> n (h w)")
     history = [tokens] if return_history else None
-    cache = model.new_cache(h, w, device=device) if use_cache else None
+    cache = model.new_cache(h, w, device=device) if settings.use_cache else None
 
     for i in range(first, h * w):
         if cache is None:  # re-run the prefix: start + cells 0..i-1 -> logits for cells 0..i
@@ -142,7 +139,7 @@ def sample_autoregressive(
             logits = model.forward_step(flat[:, :i], cond, cache=cache)[:, -1]
         else:  # feed the token drawn last step
             logits = model.forward_step(flat[:, i - 1:i], cond, cache=cache)[:, -1]
-        logits = filter_logits(_checked(logits, num_tokens).float() / temperature, top_k=top_k, top_p=top_p)
+        logits = filter_logits(checked_logits(logits, num_tokens).float() / temperature, top_k=top_k, top_p=top_p)
         draws = sample_categorical(logits, generator=generator)  # (N,)
         flat[:, i] = torch.where(known_flat[:, i], flat[:, i], draws)
         if return_history:
@@ -151,11 +148,35 @@ def sample_autoregressive(
     return SampleResult(rearrange(flat, "n (h w) -> n h w", h=h), steps_used, history)
 
 
-def _checked(logits, num_tokens):
-    if logits.shape[-1] != num_tokens:
-        raise PriorError(f"model gives {logits.shape[-1]} logits per position, expected num_tokens={num_tokens}")
-    return logits
+# --- the prior -----------------------------------------------------------------------------------
 
 
-def _is_real(value):
-    return isinstance(value, Real) and not isinstance(value, bool)
+class Autoregressive(Prior):
+    name = "autoregressive"
+    Sampling = AutoregressiveSampling
+    net_types = ("vanilla", "transformer")  # a causal hourglass is not implemented
+    inpaints = "raster prefix"
+
+    def _model(self):
+        net = self.cfg.net
+        if net.type not in self.net_types or not isinstance(net.depth, int):
+            raise PriorError("net.type: the autoregressive prior is a causal vanilla stack; set "
+                             "net.type = 'vanilla' and an int net.depth (a causal hourglass is not implemented)")
+        try:
+            return CausalTransformerLM(
+                num_tokens=self.num_tokens, dim=net.dim, depth=net.depth, heads=net.nb_heads,
+                dim_head=net.dim_head, ff_mult=net.ff_mult, attn_dropout=net.attn_dropout,
+                ff_dropout=net.ff_dropout, rotary_pos_emb=net.use_rotary, rotary_coords=net.rotary_coords,
+                num_classes=self.model_classes, max_grid=tuple(self.cfg.data.latent_shape))
+        except HourglassError as e:
+            raise PriorError(f"[net]: {e}") from None
+
+    def loss(self, model, tokens, cond, generator):
+        out = autoregressive_loss(model, tokens, cond, num_tokens=self.num_tokens)
+        return StepLoss(out.loss, out.accuracy, {"bits_per_token": out.bits_per_token})
+
+    def sampler(self, settings):
+        return sample_autoregressive
+
+    def check_keep_mask(self, keep_mask):
+        check_raster_prefix(keep_mask)

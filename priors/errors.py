@@ -2,4 +2,4 @@ from infra.errors import UserError
 
 
 class PriorError(UserError):
-    """A user mistake in the prior's stage (config, dataset, checkpoint, sampling argument)."""
+    """A bad prior setting, sampling argument or model output; one line, names the value."""

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from infra.errors import UserError
+from priors import DEFAULT_PRIOR, build_model
 from training.config import config_from_dict
-from priors.base import build_denoiser
 
 
 def read_checkpoint(path):
@@ -69,14 +69,14 @@ def load_denoiser(path, cfg, device="cpu", use_ema=True):
     """The denoiser of a training checkpoint, with its EMA weights when it has them, in eval mode."""
     ckpt = read_checkpoint(path)
     check_fits(path, ckpt, cfg)
-    model = build_denoiser(cfg)
+    model = build_model(cfg)
     model.load_state_dict(model_weights(ckpt, use_ema))
     return model.to(device).eval().requires_grad_(False)
 
 
 def _shapes(cfg):
     with torch.device("meta"):  # shapes only: no memory, no initialisation
-        return {k: tuple(v.shape) for k, v in build_denoiser(cfg).state_dict().items()}
+        return {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
 
 
 def _settings(cfg):
@@ -95,7 +95,12 @@ def _with(cfg, section, key, value):
 
 
 def _saved_config(path, ckpt):
-    table = {k: v for k, v in ckpt["hyper_parameters"]["config"].items() if k != "path"}
+    """The saved config's sections that build the model ([data], [net], the prior's type): what
+    the run trained with otherwise (its sampling, its trainer) never decides whether weights fit,
+    and checkpoints of earlier versions wrote those sections in older layouts."""
+    saved = ckpt["hyper_parameters"]["config"]
+    table = {"data": saved.get("data", {}), "net": saved.get("net", {}),
+             "prior": {"type": (saved.get("prior") or {}).get("type", DEFAULT_PRIOR)}}
     try:
         return config_from_dict(_drop_nones(table), source=f"{path} (its saved config)", warn=False)
     except UserError as e:

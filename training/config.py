@@ -1,15 +1,21 @@
-"""The prior's configuration: TOML in the original SUNDAE-VQGAN layout, read by the one config
-reader (infra.config) into these dataclasses. Defaults and ranges live here and only here.
+"""The run's configuration: TOML in the original SUNDAE-VQGAN layout, read by the one config
+reader (infra.config) into these dataclasses. Defaults, ranges and each key's one-line
+documentation live here and in the priors' settings (priors.settings), and only there; the
+README's config reference is generated from them (scripts/config_reference.py).
 
-    unroll_steps = 2
-    [trainer]   exp_name, batch_size, learning_rate, max_steps, checkpoint_frequency, ...
-    [data]      root (+ split_sizes) or train_root/eval_root, vocab_size, latent_shape
-    [vqgan]     config, checkpoint, latent_shape            (optional: image datasets only)
-    [sampling]  steps, nb_samples, temperature, end_temperature, sample_proportion, ...
-    [net]       type, dim, nb_heads, shorten_factor, depth, use_rotary, conditional, num_classes
-                (+ dim_head, rotary_layout, rotary_coords, attn_resampling_type, resampling_layout)
-    [prior]     type ('sundae' | 'absorbing' | 'autoregressive') and that type's settings
-    [evaluation] every, nb_samples, batch_size, reference_stats  (optional: metrics while training)
+    [trainer]    exp_name, batch_size, learning_rate, max_steps, checkpoint_frequency, ...
+    [data]       root (+ split_sizes) or train_root/eval_root, vocab_size, latent_shape
+    [vqgan]      config, checkpoint, latent_shape             (image datasets only)
+    [net]        type, dim, nb_heads, shorten_factor, depth, use_rotary, conditional, ...
+    [prior]      type ('sundae' | 'absorbing' | 'autoregressive') and that prior's training settings
+    [sampling]   that prior's sampling settings (SUNDAE: steps, temperature, sample_proportion, ...)
+    [evaluation] every, nb_samples, batch_size, reference_stats    (metrics while training)
+
+`[prior]` and `[sampling]` are read with the classes of the prior that `prior.type` names
+(priors.PRIORS): a key of another prior is an error naming it. The original layout's top-level
+`unroll_steps` is the sundae prior's `[prior] unroll_steps`. Sampling keys in `[prior]` (where
+earlier versions read decoder, choice_temperature, top_k, top_p, use_cache) are moved to
+`[sampling]` with a deprecation line.
 """
 import dataclasses
 import math
@@ -19,103 +25,97 @@ from pathlib import Path, PurePath
 from typing import Annotated, Literal, Optional, Union
 
 from infra.config import (Built, ConfigError, Length, NonNegativeFloat, NonNegativeInt, PositiveFloat,
-                          PositiveInt, Precision, Probability, Range, UnitFloat, build, ignored, read_toml)
-from priors.sundae import SamplingConfig
+                          PositiveInt, Precision, Probability, Range, UnitFloat, build, did_you_mean, ignored,
+                          field_names, read_toml, setting)
+from priors import DEFAULT_PRIOR, PRIORS
+from priors.settings import PriorSettings, SamplingSettings
 
 Shape2D = Annotated[list[PositiveInt], Length(2)]
 
 
 @dataclass
 class TrainerConfig:
-    exp_name: str = "sundae"           # the run directory is runs_dir/exp_name
-    batch_size: PositiveInt = 32       # per device
+    """[trainer]: the optimisation and the run directory."""
+    exp_name: str = setting("sundae", "the run directory is runs_dir/exp_name")
+    batch_size: PositiveInt = setting(32, "per device")
     learning_rate: PositiveFloat = 1e-4
-    max_steps: PositiveInt = 10_000
-    # Original layout: [train batches, eval batches] per epoch. Here the first entry is ignored
-    # (training runs by steps) and the second is the number of batches of each evaluation.
-    nb_batches: Optional[list[NonNegativeInt]] = None
-    eval_frequency: PositiveInt = 500  # steps between evaluations (eval loss + sample grid)
-    eval_batches: NonNegativeInt = 10  # 0: no evaluation
-    checkpoint_frequency: PositiveInt = 1000  # steps between numbered checkpoints; last.ckpt too
-    lr_scheduler_name: Literal["constant", "cosine"] = "constant"  # cosine: warm-up, then decay
-    warmup_steps: NonNegativeInt = 0
-    min_lr_ratio: UnitFloat = 0.0      # cosine decays to learning_rate * min_lr_ratio
-    weight_decay: NonNegativeFloat = 0.0
-    betas: Annotated[list[Probability], Length(2)] = field(default_factory=lambda: [0.9, 0.999])
-    grad_clip: NonNegativeFloat = 1.0  # max global grad norm; 0 disables clipping
-    ema_decay: Probability = 0.999     # EMA of the weights used for sampling; 0 disables
-    precision: Precision = "32"        # "bf16-mixed" / "16-mixed" on a GPU
-    # torch.compile the denoiser for the training steps (not evaluation or sampling): a one-off
-    # compile (about a minute on a CPU) for faster steps; numerics differ from eager in the last bits
-    compile: bool = False
+    max_steps: PositiveInt = setting(10_000, "optimiser steps")
+    nb_batches: Optional[list[NonNegativeInt]] = setting(
+        None, "original layout: [train, eval] batches per epoch; the second sets eval_batches")
+    eval_frequency: PositiveInt = setting(500, "steps between evaluations (eval loss and a sample grid)")
+    eval_batches: NonNegativeInt = setting(10, "batches of each evaluation (0: no evaluation)")
+    checkpoint_frequency: PositiveInt = setting(1000, "steps between numbered checkpoints (and last.ckpt)")
+    lr_scheduler_name: Literal["constant", "cosine"] = setting("constant", "cosine: warm-up, then decay")
+    warmup_steps: NonNegativeInt = setting(0, "linear warm-up steps")
+    min_lr_ratio: UnitFloat = setting(0.0, "cosine decays to learning_rate * min_lr_ratio")
+    weight_decay: NonNegativeFloat = setting(0.0, "AdamW decay of the weight matrices (norms, biases: none)")
+    betas: Annotated[list[Probability], Length(2)] = setting(doc="AdamW betas", factory=lambda: [0.9, 0.999])
+    grad_clip: NonNegativeFloat = setting(1.0, "max global gradient norm (0: no clipping)")
+    ema_decay: Probability = setting(0.999, "EMA of the weights, which sampling uses (0: no EMA)")
+    precision: Precision = setting("32", "'bf16-mixed' or '16-mixed' on a GPU")
+    compile: Union[bool, Literal["auto"]] = setting(
+        False, "torch.compile the training step (faster after a one-off compile; the last bits differ); "
+               "'auto': if a C++ compiler is found")
     metric_names: Optional[list[str]] = ignored(None, "loss and accuracy are always logged")
-    log_frequency: PositiveInt = 10
-    runs_dir: str = "runs"
+    log_frequency: PositiveInt = setting(10, "steps between logged training metrics")
+    runs_dir: str = setting("runs", "where run directories are made")
 
 
 @dataclass
 class DataConfig:
-    root: Optional[str] = None         # a latent dataset dir; its eval split, else split_sizes
-    # Fractions (or counts) [train, eval] or the original [train, eval, test]: rows of root's
-    # train split are divided in these proportions, grouped by source image (infra.data.split_groups).
-    split_sizes: Optional[list[NonNegativeFloat]] = None
-    train_root: Optional[str] = None
-    eval_root: Optional[str] = None
-    vocab_size: Optional[Annotated[int, Range(low=2)]] = None  # checked against dataset and VQ-GAN
-    vocabulary_size: Optional[Annotated[int, Range(low=2)]] = None  # alias of original configs
-    sequence_length: Optional[PositiveInt] = None  # original 1D key: h * w of a square grid
-    latent_shape: Optional[Shape2D] = None
-    name: Optional[str] = None         # free-form label
+    """[data]: the latent dataset (latents.dataset) and its vocabulary and grid."""
+    root: Optional[str] = setting(None, "a latent dataset directory: its eval split, else split_sizes of train")
+    split_sizes: Optional[list[NonNegativeFloat]] = setting(
+        None, "[train, eval] (or the original [train, eval, test]) fractions or counts of root's train "
+              "split, grouped by source image (default [0.95, 0.05])")
+    train_root: Optional[str] = setting(None, "instead of root: a dataset whose train split trains")
+    eval_root: Optional[str] = setting(None, "with train_root: a dataset whose train split evaluates")
+    vocab_size: Optional[Annotated[int, Range(low=2)]] = setting(None, "the codebook size (required)")
+    vocabulary_size: Optional[Annotated[int, Range(low=2)]] = setting(None, "original layout: vocab_size")
+    sequence_length: Optional[PositiveInt] = setting(None, "original layout: h * w of a square grid")
+    latent_shape: Optional[Shape2D] = setting(None, "[h, w] of the token grids (or vqgan.latent_shape)")
+    name: Optional[str] = setting(None, "a free-form label")
 
 
 @dataclass
 class VQGANSection:
     """[vqgan]: the decoder of an image dataset (taming / latent-diffusion files)."""
-    config: str
-    checkpoint: str
-    latent_shape: Optional[Shape2D] = None
-    legacy_cfg: Optional[bool] = None  # None: detect the Net2Net layout
+    config: str = setting(doc="the VQ-GAN's YAML config")
+    checkpoint: str = setting(doc="its checkpoint (.ckpt, .pth, .safetensors)")
+    latent_shape: Optional[Shape2D] = setting(None, "[h, w] of its token grids")
+    legacy_cfg: Optional[bool] = setting(None, "a combined Net2Net config (default: detected)")
 
 
 @dataclass
 class NetConfig:
-    """[net]: the denoiser (hourglass_transformer.HourglassTransformerLM). The original's keys keep
-    their meaning; the architecture switches below default to ours, with the original selectable:
-
-    dim_head              width of one attention head; 64 as in the original and the hourglass
-                          reference (the attention's inner width is nb_heads * dim_head, not dim).
-    attn_resampling_type  "ours": down, the pooled vector attends to its patch; up, each token
-                          attends to the pre-valley tokens of its patch; both attention-only.
-                          "original": each resampling block is a full transformer layer (attention
-                          + feed-forward) and up-sampling attends to the patch's valley output.
-    resampling_layout     "2d": pool sqrt(k) x sqrt(k) patches; "1d": pool runs of k consecutive
-                          tokens of the raster-flattened grid (the paper's 1D hourglass).
-    use_rotary            true: rotary positions; false: learned absolute row + column embeddings.
-    rotary_layout         "2d": axial (rows, columns); "1d": over the raster order (index r*w + c).
-    rotary_coords         "integer": token indices, RoPE frequencies; "normalized": the original's
-                          coordinates on [-1, 1] with "pixel" frequencies up to (tokens per side)/2.
-    """
-    type: Literal["hourglass", "vanilla", "transformer"] = "hourglass"
-    dim: PositiveInt = 256
-    nb_heads: PositiveInt = 8
-    dim_head: PositiveInt = 64  # a multiple of 4 with 2D rotary, of 2 with 1D rotary
-    depth: Union[NonNegativeInt, list] = field(default_factory=lambda: [2, 8, 2])
-    shorten_factor: Union[PositiveInt, list[PositiveInt]] = 4  # k per level; perfect squares for "2d"
-    ff_mult: PositiveInt = 4
+    """[net]: the denoiser (hourglass_transformer). The original's keys keep their meaning; the
+    architecture switches default to ours, with the original's selectable."""
+    type: Literal["hourglass", "vanilla", "transformer"] = setting(
+        "hourglass", "'hourglass', or 'vanilla' (= 'transformer') for a flat stack of int depth")
+    dim: PositiveInt = setting(256, "model width")
+    nb_heads: PositiveInt = setting(8, "attention heads")
+    dim_head: PositiveInt = setting(64, "width of one head (a multiple of 4 with 2D rotary, of 2 with 1D)")
+    depth: Union[NonNegativeInt, list] = setting(
+        doc="[pre, valley, post] layers of an hourglass (nested for more levels), or an int", factory=lambda: [2, 8, 2])
+    shorten_factor: Union[PositiveInt, list[PositiveInt]] = setting(
+        4, "k per level: tokens pooled into one (a perfect square for 2D resampling)")
+    ff_mult: PositiveInt = setting(4, "feed-forward width / dim")
     attn_dropout: Probability = 0.0
     ff_dropout: Probability = 0.0
-    use_rotary: bool = True
-    rotary_layout: Literal["2d", "1d"] = "2d"
-    rotary_coords: Literal["integer", "normalized"] = "integer"
-    updown_sample_type: Literal["linear", "naive"] = "linear"
-    attn_resampling: bool = True
-    attn_resampling_type: Literal["ours", "original"] = "ours"
-    resampling_layout: Literal["2d", "1d"] = "2d"
-    conditional: bool = False
-    num_classes: Optional[PositiveInt] = None
-    # classifier-free guidance: in training each label is replaced by a null class (id num_classes)
-    # with this probability, so [sampling] guidance_scale can mix conditional and unconditional
-    cond_drop_prob: Probability = 0.0
+    use_rotary: bool = setting(True, "rotary positions (false: learned row + column embeddings)")
+    rotary_layout: Literal["2d", "1d"] = setting("2d", "'2d': axial (rows, columns); '1d': over the raster order")
+    rotary_coords: Literal["integer", "normalized"] = setting(
+        "integer", "'integer': token indices; 'normalized': the original's coordinates on [-1, 1]")
+    updown_sample_type: Literal["linear", "naive"] = setting("linear", "patch pooling: learned or mean")
+    attn_resampling: bool = setting(True, "attention in the down/up-sampling (false: linear projections alone)")
+    attn_resampling_type: Literal["ours", "original"] = setting(
+        "ours", "'ours': attention-only resampling; 'original': full transformer layers")
+    resampling_layout: Literal["2d", "1d"] = setting(
+        "2d", "'2d': sqrt(k) x sqrt(k) patches; '1d': runs of k raster-order tokens (the paper's 1D hourglass)")
+    conditional: bool = setting(False, "class-conditional (the dataset's labels)")
+    num_classes: Optional[PositiveInt] = setting(None, "required when conditional")
+    cond_drop_prob: Probability = setting(
+        0.0, "classifier-free guidance: training labels replaced by a null class with this probability")
     use_scalenorm: bool = ignored(False, "every block uses LayerNorm")
     use_glu: bool = ignored(False, "feed-forwards use GELU")
 
@@ -132,50 +132,27 @@ class NetConfig:
 
 
 @dataclass
-class PriorSection:
-    """[prior]: which prior learns the latents (priors.base), and the settings of that type only."""
-    type: Literal["sundae", "absorbing", "autoregressive"] = "sundae"
-    # absorbing diffusion (Unleashing Transformers)
-    loss_type: Optional[Literal["reweighted_elbo", "elbo"]] = None  # default "reweighted_elbo"
-    num_timesteps: Optional[PositiveInt] = None  # T of the forward process; default h * w
-    decoder: Optional[Literal["unleashing", "maskgit"]] = None  # default "unleashing"
-    choice_temperature: Optional[NonNegativeFloat] = None  # MaskGIT's Gumbel scale; default 4.5
-    # autoregressive (Taming Transformers)
-    top_k: Optional[PositiveInt] = None  # default: no top-k filtering
-    top_p: Optional[Annotated[float, Range(0, 1, low_open=True)]] = None  # default: no nucleus filtering
-    use_cache: Optional[bool] = None  # the KV cache when sampling; default true
-
-    OPTIONS = {"sundae": (), "absorbing": ("loss_type", "num_timesteps", "decoder", "choice_temperature"),
-               "autoregressive": ("top_k", "top_p", "use_cache")}
-
-    def misplaced(self):
-        """(key, its type) of the first setting given that belongs to another prior type, or None."""
-        return next(((key, kind) for kind, keys in self.OPTIONS.items() if kind != self.type
-                     for key in keys if getattr(self, key) is not None), None)
-
-
-@dataclass
 class EvaluationSection:
-    """[evaluation]: sample quality of the EMA model, measured during training (training.quality).
-    Token datasets are scored in the classifier feature space of evaluate.py (eval/fd,
-    eval/precision, eval/recall, ...); image datasets by FID against `reference_stats`."""
-    every: PositiveInt = 1             # at every `every`-th evaluation (every eval_frequency steps), and at max_steps when that is an evaluation step
-    nb_samples: PositiveInt = 1000     # class-balanced for conditional priors
-    batch_size: PositiveInt = 250
-    reference_stats: Optional[str] = None    # images: an Inception statistics file (evaluate.py --save-stats)
-    inception_weights: Optional[str] = None  # images: else $INCEPTION_WEIGHTS or torch hub's cache
-    precision: Literal["32", "bf16", "16"] = "32"  # sampling autocast (infra.precision)
+    """[evaluation]: sample quality of the EMA model, measured during training (training.quality):
+    token datasets in the classifier feature space of evaluate.py, image datasets by FID."""
+    every: PositiveInt = setting(1, "at every every-th evaluation, and at max_steps when that is one")
+    nb_samples: PositiveInt = setting(1000, "samples scored (class-balanced for conditional priors)")
+    batch_size: PositiveInt = setting(250, "sampling batch")
+    reference_stats: Optional[str] = setting(
+        None, "images: an Inception statistics file of the reference set (evaluate.py --save-stats)")
+    inception_weights: Optional[str] = setting(None, "images: else $INCEPTION_WEIGHTS or torch hub's cache")
+    precision: Literal["32", "bf16", "16"] = setting("32", "sampling autocast")
 
 
 @dataclass
 class Config:
-    unroll_steps: PositiveInt = 2      # T, the number of unrolled denoising steps
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     vqgan: Optional[VQGANSection] = None
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # [prior] and [sampling] are read with the classes of the prior that prior.type names
+    sampling: SamplingSettings = field(default_factory=lambda: PRIORS[DEFAULT_PRIOR].Sampling())
     net: NetConfig = field(default_factory=NetConfig)
-    prior: PriorSection = field(default_factory=PriorSection)
+    prior: PriorSettings = field(default_factory=lambda: PRIORS[DEFAULT_PRIOR].Training(type=DEFAULT_PRIOR))
     evaluation: Optional[EvaluationSection] = None
     path: Optional[str] = field(default=None, init=False)  # the file it came from
 
@@ -188,6 +165,10 @@ class Config:
         return tuple(self.data.latent_shape)
 
 
+SECTIONS = {"trainer": TrainerConfig, "data": DataConfig, "vqgan": VQGANSection, "net": NetConfig,
+            "evaluation": EvaluationSection}  # and [prior], [sampling]: the prior's (PRIORS)
+
+
 def load_config(path, warn=True):
     """Read a TOML config file into a validated Config; ConfigError naming file and key."""
     cfg = config_from_dict(read_toml(path), source=str(path), warn=warn)
@@ -197,14 +178,68 @@ def load_config(path, warn=True):
 
 def config_from_dict(table, source="config", warn=True):
     """Build and validate a Config from a parsed TOML table."""
+    known = set(field_names(Config)) | {"unroll_steps"}  # the original layout's place of [prior] unroll_steps
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key '{key}'{did_you_mean(str(key), known)}")
     report = Built()
-    cfg = build(Config, table, source=source, report=report)
+    rest = {k: v for k, v in table.items() if k not in ("prior", "sampling", "unroll_steps")}
+    cfg = build(Config, rest, source=source, report=report)
+    cfg.prior, cfg.sampling = read_prior_sections(table, source, report)
     if warn:
-        for key, reason in report.ignored:
+        order = field_names(Config)
+        for key, reason in sorted(report.ignored, key=lambda item: order.index(item[0].split(".")[0])):
             print(f"warning: {source}: {key} is accepted for compatibility and ignored ({reason})",
                   file=sys.stderr)
+        for note in report.notes:
+            print(f"warning: {source}: {note}", file=sys.stderr)
     _normalise_and_validate(cfg, source)
     return cfg
+
+
+def read_prior_sections(table, source, report):
+    """(prior settings, sampling settings) of the prior that `[prior] type` names in `table`;
+    a key that belongs to another prior is named as such."""
+    def fail(msg):
+        raise ConfigError(f"{source}: {msg}")
+
+    prior_table, sampling_table = (_table(table.get(name, {}), name, source) for name in ("prior", "sampling"))
+    kind = prior_table.pop("type", DEFAULT_PRIOR)
+    if kind not in PRIORS:
+        fail(f"prior.type: expected one of {', '.join(map(repr, PRIORS))}, got {kind!r}")
+    prior = PRIORS[kind]
+
+    def check_owner(key, section, where):  # a key of another prior: name the prior it belongs to
+        owners = [name for name, other in PRIORS.items() if key in _names(getattr(other, section))]
+        if key not in _names(getattr(prior, section)) and owners:
+            fail(f"{where}: a setting of {' and '.join(owners)} priors, but prior.type = {kind!r}")
+
+    if "unroll_steps" in table:  # the original layout's place for the sundae prior's unroll_steps
+        check_owner("unroll_steps", "Training", "unroll_steps")
+        if "unroll_steps" in prior_table:
+            fail("unroll_steps: given at the top and in [prior]; keep one")
+        prior_table["unroll_steps"] = table["unroll_steps"]
+    for key in [k for k in prior_table if k in _names(prior.Sampling) and k not in _names(prior.Training)]:
+        if key in sampling_table:
+            fail(f"prior.{key}: a sampling setting, given in [prior] and [sampling]; keep sampling.{key}")
+        report.notes.append(f"prior.{key} is a sampling setting now: read as sampling.{key} (move it there)")
+        sampling_table[key] = prior_table.pop(key)
+    for key in prior_table:
+        check_owner(key, "Training", f"prior.{key}")
+    for key in sampling_table:
+        check_owner(key, "Sampling", f"sampling.{key}")
+    return (build(prior.Training, {"type": kind, **prior_table}, "prior", source, report),
+            build(prior.Sampling, sampling_table, "sampling", source, report))
+
+
+def _names(cls):
+    return {f.name for f in dataclasses.fields(cls) if f.init}
+
+
+def _table(value, name, source):
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: {name}: expected a table of keys, got {value!r}")
+    return dict(value)
 
 
 def _normalise_and_validate(cfg, source):
@@ -254,12 +289,10 @@ def _normalise_and_validate(cfg, source):
              f"got {data.split_sizes}")
 
     net.check(fail)
-    if cfg.prior.misplaced():
-        key, kind = cfg.prior.misplaced()
-        fail(f"prior.{key}: a setting of type = '{kind}', but prior.type = '{cfg.prior.type}'")
-    if cfg.prior.type == "autoregressive" and net.type == "hourglass":
-        fail("net.type: prior.type = 'autoregressive' is a causal vanilla stack; set net.type = 'vanilla' "
-             "and an int net.depth (a causal hourglass is not implemented)")
+    prior = PRIORS[cfg.prior.type]
+    if net.type not in prior.net_types:
+        fail(f"net.type: a {prior.name} prior takes net.type {' or '.join(map(repr, prior.net_types))}, "
+             f"got {net.type!r}")
     if cfg.evaluation is not None and cfg.vqgan is not None and cfg.evaluation.reference_stats is None:
         fail("evaluation.reference_stats: required for an image dataset (an Inception statistics file "
              "of the reference images: evaluate.py IMAGES --save-stats FILE)")
@@ -280,7 +313,7 @@ def run_dir(cfg):
 def replace_section(cfg, name, **values):
     """A copy of cfg whose section `name` has `values` (from the command line) set and checked."""
     section = getattr(cfg, name)
-    merged = {**{f.name: getattr(section, f.name) for f in dataclasses.fields(section)},
+    merged = {**{f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.init},
               **{k: v for k, v in values.items() if v is not None}}
     new = dataclasses.replace(cfg, **{name: build(type(section), merged, where=name, source="command line")})
     new.path = cfg.path

@@ -1,9 +1,10 @@
-"""Training data: the latent splits a config names, and a resumable step-indexed batch order."""
+"""What a config's data sections name: the latent splits ([data]) and the VQ-GAN decoder ([vqgan])."""
 import torch
 
 from infra.data import split_groups
 from infra.errors import UserError
 from latents.dataset import LatentDataset, read_meta
+from vqgan import load_vqgan
 
 
 def open_splits(cfg, seed=0):
@@ -60,3 +61,14 @@ def collate(batch):
     """[(tokens (h, w), label)] -> tokens (B, h, w), labels (B,)."""
     tokens, labels = zip(*batch)
     return torch.stack(tokens), torch.tensor(labels, dtype=torch.long)
+
+
+def load_config_vqgan(cfg, device="cpu"):
+    """The VQ-GAN a config's [vqgan] names (None without one), checked against data.vocab_size."""
+    if cfg.vqgan is None:
+        return None
+    vqgan = load_vqgan(cfg.vqgan.config, cfg.vqgan.checkpoint, legacy_cfg=cfg.vqgan.legacy_cfg, device=device)
+    if vqgan.codebook_size != cfg.data.vocab_size:
+        raise UserError(f"data.vocab_size = {cfg.data.vocab_size} but the VQ-GAN "
+                        f"{cfg.vqgan.checkpoint} has {vqgan.codebook_size} codes")
+    return vqgan

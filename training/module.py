@@ -13,7 +13,7 @@ from infra.data import StepBatchSampler, loader_generator, step_generator
 from infra.images import save_png
 from infra.runs import check_parameters_finite, restore_rng_state, rng_state, stop_if_not_finite
 from training.data import collate
-from priors.base import prior_type
+from priors import prior_for
 from latents.render import render_tokens
 
 
@@ -41,7 +41,7 @@ class PriorModule(pl.LightningModule):
         self.cfg, self.seed, self.quality = cfg, seed, quality
         self.run_dir = Path(run_dir) if run_dir else None
         self.vqgan = [vqgan]  # a list keeps the frozen decoder out of state_dict and .to()
-        self.prior = prior_type(cfg)
+        self.prior = prior_for(cfg)
         self.model = self.prior.build_model()
         decay = cfg.trainer.ema_decay
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)

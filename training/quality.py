@@ -17,7 +17,7 @@ from evaluation.inception_stats import load_stats
 from evaluation.token_evaluator import TokenEvaluator
 from infra.errors import UserError
 from infra.precision import check_precision, inference_precision
-from priors.base import prior_type
+from priors import prior_for
 
 
 def split_arrays(ds):
@@ -33,7 +33,7 @@ class SampleQuality:
 
     def __init__(self, cfg, train, evaluation, vqgan=None, log=print):
         self.cfg, self.section, self.vqgan, self.log = cfg, cfg.evaluation, vqgan, log
-        self.prior = prior_type(cfg)
+        self.prior = prior_for(cfg)
         self.train, self.evaluation = train, evaluation
         self._scorer = None
 

@@ -8,18 +8,19 @@ import torch.nn.functional as F
 
 import priors.absorbing
 from hourglass_transformer import HourglassTransformerLM
+from infra.errors import UserError
 from priors.absorbing import (
+    AbsorbingSampling,
     absorbing_loss,
     elbo_bits_per_token,
     loss_per_sample,
     mask_tokens,
-    masked_start,
     maskgit_schedule,
     sample_absorbing,
     sample_maskgit,
     sample_timesteps,
 )
-from infra.errors import UserError
+from priors.grids import masked_start
 
 V = 5  # vocabulary; the mask token is V
 MASK = V
@@ -27,6 +28,14 @@ MASK = V
 
 def gen(seed=0):
     return torch.Generator().manual_seed(seed)
+
+
+def unleashing(**settings):
+    return AbsorbingSampling(**settings)
+
+
+def maskgit(**settings):
+    return AbsorbingSampling(decoder="maskgit", **settings)
 
 
 def constant_model(token):
@@ -178,7 +187,8 @@ def test_loss_errors_are_one_line():
 
 @pytest.mark.parametrize("steps", [1, 5, 16, 40])
 def test_unleashing_sampler_with_a_constant_model_fills_every_position(steps):
-    out = sample_absorbing(constant_model(3), (4, 4), num_tokens=V, steps=steps, nb_samples=3, generator=gen(12))
+    out = sample_absorbing(constant_model(3), (4, 4), unleashing(steps=steps), num_tokens=V, nb_samples=3,
+                           generator=gen(12))
     assert (out.tokens == 3).all()
     assert ((out.steps_used >= 1) & (out.steps_used <= steps)).all()
 
@@ -186,7 +196,7 @@ def test_unleashing_sampler_with_a_constant_model_fills_every_position(steps):
 def test_unleashing_sampler_unmasks_at_rate_one_over_t():
     # After step k of S, each position is still masked with probability (S - k - 1)/S.
     steps, side, n = 4, 48, 2
-    out = sample_absorbing(TableModel(), (side, side), num_tokens=V, steps=steps, nb_samples=n,
+    out = sample_absorbing(TableModel(), (side, side), unleashing(steps=steps), num_tokens=V, nb_samples=n,
                            generator=gen(13), return_history=True)
     assert len(out.history) == steps + 1
     for k, grid in enumerate(out.history[1:]):
@@ -206,7 +216,7 @@ def test_unleashing_sampler_skips_forwards_that_unmask_nothing():
         calls.append(tokens.shape[0])
         return torch.zeros(*tokens.shape, V)
 
-    out = sample_absorbing(model, (2, 2), num_tokens=V, steps=50, nb_samples=3, generator=gen(14))
+    out = sample_absorbing(model, (2, 2), unleashing(steps=50), num_tokens=V, nb_samples=3, generator=gen(14))
     assert (out.tokens != MASK).all()
     assert sum(calls) == out.steps_used.sum().item() < 3 * 50
 
@@ -220,7 +230,8 @@ def test_unleashing_inpainting_keeps_known_tokens_and_sees_them():
         seen.append(tokens.clone())
         return TableModel()(tokens, cond)
 
-    out = sample_absorbing(model, start, num_tokens=V, steps=8, keep_mask=keep, generator=gen(17), return_history=True)
+    out = sample_absorbing(model, start, unleashing(steps=8), num_tokens=V, keep_mask=keep, generator=gen(17),
+                           return_history=True)
     assert torch.equal(out.tokens[keep], start[keep])
     assert (out.tokens != MASK).all() and (out.tokens < V).all()
     assert torch.equal(out.history[0], torch.where(keep, start, MASK))
@@ -243,7 +254,8 @@ def test_maskgit_schedule_is_the_clamped_cosine():
 
 @pytest.mark.parametrize("steps", [1, 8, 16])
 def test_maskgit_with_a_constant_model_fills_every_position(steps):
-    out = sample_maskgit(constant_model(2), (4, 4), num_tokens=V, steps=steps, nb_samples=3, generator=gen(18))
+    out = sample_maskgit(constant_model(2), (4, 4), maskgit(steps=steps), num_tokens=V, nb_samples=3,
+                         generator=gen(18))
     assert (out.tokens == 2).all()
 
 
@@ -254,8 +266,8 @@ def test_maskgit_keeps_exactly_the_scheduled_number_masked_and_never_remasks():
     keep[2] = True
     keep[2, 0, :5] = False
     steps = 10
-    out = sample_maskgit(TableModel(1), start, keep_mask=keep, num_tokens=V, steps=steps, generator=gen(20),
-                         return_history=True)
+    out = sample_maskgit(TableModel(1), start, maskgit(steps=steps), keep_mask=keep, num_tokens=V,
+                         generator=gen(20), return_history=True)
     schedule = maskgit_schedule((~keep).flatten(1).sum(1), steps)
     assert schedule[:, 0].tolist() == [35, 23, 4, 35]
     assert len(out.history) == steps + 1
@@ -285,7 +297,7 @@ def peaked_model(margins):
 
 def test_maskgit_keeps_the_most_confident_draws_without_choice_noise():
     margins = 8 + 0.25 * torch.randperm(16, generator=gen(21)).float()
-    out = sample_maskgit(peaked_model(margins), (4, 4), num_tokens=V, steps=4, choice_temperature=0.0,
+    out = sample_maskgit(peaked_model(margins), (4, 4), maskgit(steps=4, choice_temperature=0.0), num_tokens=V,
                          nb_samples=2, generator=gen(22), return_history=True)
     decoded = (out.history[1] != MASK).flatten(1)  # (2, 16) after the first step
     n_decoded = 16 - maskgit_schedule(torch.tensor([16]), 4)[0, 0].item()
@@ -293,7 +305,7 @@ def test_maskgit_keeps_the_most_confident_draws_without_choice_noise():
     expected[margins.topk(n_decoded).indices] = True
     assert torch.equal(decoded, expected.expand(2, 16))
     # With strong Gumbel noise the first step's choice is mostly random instead.
-    noisy = sample_maskgit(peaked_model(margins), (4, 4), num_tokens=V, steps=4, choice_temperature=1e3,
+    noisy = sample_maskgit(peaked_model(margins), (4, 4), maskgit(steps=4, choice_temperature=1e3), num_tokens=V,
                            nb_samples=8, generator=gen(23), return_history=True)
     assert not torch.equal((noisy.history[1] != MASK).flatten(1), expected.expand(8, 16))
 
@@ -307,21 +319,21 @@ def test_maskgit_anneals_the_choice_noise_to_zero(monkeypatch):
         return original(shape, scale, generator, device)
 
     monkeypatch.setattr(priors.absorbing, "_gumbel_noise", recording)
-    sample_maskgit(TableModel(), (4, 4), num_tokens=V, steps=4, choice_temperature=2.0, nb_samples=1,
+    sample_maskgit(TableModel(), (4, 4), maskgit(steps=4, choice_temperature=2.0), num_tokens=V, nb_samples=1,
                    generator=gen(27))
     assert scales == pytest.approx([2.0 * 3 / 4, 2.0 * 2 / 4, 2.0 * 1 / 4, 0.0])
 
 
 def test_sampler_arguments_are_checked():
     with pytest.raises(UserError, match="keep_mask needs start tokens"):
-        sample_maskgit(TableModel(), (2, 2), keep_mask=torch.ones(2, 2, dtype=torch.bool), nb_samples=1,
-                       num_tokens=V)
+        sample_maskgit(TableModel(), (2, 2), maskgit(), keep_mask=torch.ones(2, 2, dtype=torch.bool),
+                       nb_samples=1, num_tokens=V)
     with pytest.raises(UserError, match="steps"):
-        sample_absorbing(TableModel(), (2, 2), nb_samples=1, num_tokens=V, steps=0)
+        sample_absorbing(TableModel(), (2, 2), unleashing(steps=0), nb_samples=1, num_tokens=V)
     with pytest.raises(UserError, match="choice_temperature"):
-        sample_maskgit(TableModel(), (2, 2), nb_samples=1, num_tokens=V, choice_temperature=-1.0)
+        sample_maskgit(TableModel(), (2, 2), maskgit(choice_temperature=-1.0), nb_samples=1, num_tokens=V)
     with pytest.raises(UserError, match=r"in \[0, 5\]"):
-        sample_maskgit(TableModel(), torch.full((1, 2, 2), 6), num_tokens=V)
+        sample_maskgit(TableModel(), torch.full((1, 2, 2), 6), maskgit(), num_tokens=V)
 
 
 def test_masked_start_reads_the_mask_token_as_unknown():
@@ -354,7 +366,7 @@ def test_on_the_hourglass_backbone_with_a_mask_token(single_thread):
     model.eval()
     bits = elbo_bits_per_token(model, data, cond, gen(25), num_tokens=V, all_timesteps=True).mean().item()
     assert bits < 0.5 * first
-    for sampler, kw in ((sample_absorbing, dict(steps=8)), (sample_maskgit, dict(steps=6))):
-        out = sampler(model, (4, 4), num_tokens=V, nb_samples=3, cond=torch.zeros(3, dtype=torch.long),
-                      generator=gen(26), **kw)
+    for sampler, settings in ((sample_absorbing, unleashing(steps=8)), (sample_maskgit, maskgit(steps=6))):
+        out = sampler(model, (4, 4), settings, num_tokens=V, nb_samples=3, cond=torch.zeros(3, dtype=torch.long),
+                      generator=gen(26))
         assert out.tokens.shape == (3, 4, 4) and (out.tokens < V).all() and (out.tokens >= 0).all()

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from hourglass_transformer import HourglassError
 from hourglass_transformer.causal import CausalTransformerLM
 from priors.autoregressive import (
+    AutoregressiveSampling,
     autoregressive_loss,
     check_raster_prefix,
     filter_logits,
@@ -141,7 +142,8 @@ def test_training_lowers_the_loss():
         losses.append(out.loss.item())
     assert losses[-1] < 0.3 * losses[0]
     model.eval()
-    sampled = sample_autoregressive(model, (3, 3), num_tokens=V, nb_samples=4, top_k=1, generator=gen(3))
+    sampled = sample_autoregressive(model, (3, 3), AutoregressiveSampling(top_k=1), num_tokens=V, nb_samples=4,
+                                    generator=gen(3))
     assert torch.equal(sampled.tokens, data[:4])  # greedy decoding recovers the memorised grid
 
 
@@ -192,8 +194,8 @@ def test_filter_keeps_the_logits_it_keeps_and_works_per_row():
 def test_sampling_with_the_kv_cache_gives_the_tokens_of_sampling_without(kind, settings):
     model = tiny(sharpen=10.0, **MODELS[kind])
     cond = cond_for(kind, 16)
-    runs = [sample_autoregressive(model, (4, 5), num_tokens=V, nb_samples=16, cond=cond, use_cache=use_cache,
-                                  generator=gen(4), return_history=True, **settings)
+    runs = [sample_autoregressive(model, (4, 5), AutoregressiveSampling(use_cache=use_cache, **settings),
+                                  num_tokens=V, nb_samples=16, cond=cond, generator=gen(4), return_history=True)
             for use_cache in (True, False)]
     cached, uncached = runs
     assert torch.equal(cached.tokens, uncached.tokens)
@@ -202,14 +204,15 @@ def test_sampling_with_the_kv_cache_gives_the_tokens_of_sampling_without(kind, s
     assert (cached.steps_used == 20).all()
     assert (cached.tokens >= 0).all() and (cached.tokens < V).all()
     # A different seed gives different grids (the draws do come from the generator).
-    other = sample_autoregressive(model, (4, 5), num_tokens=V, nb_samples=16, cond=cond, generator=gen(5), **settings)
+    other = sample_autoregressive(model, (4, 5), AutoregressiveSampling(**settings), num_tokens=V, nb_samples=16,
+                                  cond=cond, generator=gen(5))
     assert not torch.equal(other.tokens, cached.tokens)
 
 
 def test_sampling_respects_top_k():
     model = tiny(sharpen=10.0)
-    out = sample_autoregressive(model, (3, 3), num_tokens=V, nb_samples=64, top_k=2, generator=gen(6),
-                                return_history=True)
+    out = sample_autoregressive(model, (3, 3), AutoregressiveSampling(top_k=2), num_tokens=V, nb_samples=64,
+                                generator=gen(6), return_history=True)
     for i in range(9):  # each drawn token is one of the two most probable given its prefix
         prefix = out.tokens.flatten(1)[:, :i]
         with torch.inference_mode():
@@ -226,27 +229,28 @@ def test_prefix_inpainting_keeps_the_known_tokens(use_cache):
     keep[0, :7] = True  # different prefix lengths per sample, one empty
     keep[1, :12] = True
     keep = keep.reshape(3, 4, 5)
-    out = sample_autoregressive(model, start, keep_mask=keep, num_tokens=V, cond=torch.tensor([0, 1, 2]),
-                                use_cache=use_cache, generator=gen(8), return_history=True)
+    out = sample_autoregressive(model, start, AutoregressiveSampling(use_cache=use_cache), keep_mask=keep,
+                                num_tokens=V, cond=torch.tensor([0, 1, 2]), generator=gen(8), return_history=True)
     assert torch.equal(out.tokens[keep], start[keep])
     assert (out.tokens < V).all()
     assert all(torch.equal(g[keep], start[keep]) for g in out.history)
     assert (out.steps_used == 20).all()  # the batch starts at the shortest prefix (sample 2's, empty)
     # With only prefixed samples the sampler starts after the shortest prefix.
-    out = sample_autoregressive(model, start[:2], keep_mask=keep[:2], num_tokens=V, cond=torch.tensor([0, 1]),
-                                use_cache=use_cache, generator=gen(8))
+    out = sample_autoregressive(model, start[:2], AutoregressiveSampling(use_cache=use_cache), keep_mask=keep[:2],
+                                num_tokens=V, cond=torch.tensor([0, 1]), generator=gen(8))
     assert torch.equal(out.tokens[keep[:2]], start[:2][keep[:2]])
     assert (out.steps_used == 13).all()
     # Unknown positions can be marked with the mask value num_tokens instead of a keep_mask.
     marked = torch.where(keep[:2], start[:2], V)
-    again = sample_autoregressive(model, marked, num_tokens=V, cond=torch.tensor([0, 1]), use_cache=use_cache,
-                                  generator=gen(8))
+    again = sample_autoregressive(model, marked, AutoregressiveSampling(use_cache=use_cache), num_tokens=V,
+                                  cond=torch.tensor([0, 1]), generator=gen(8))
     assert torch.equal(again.tokens, out.tokens)
 
 
 def test_a_whole_known_grid_needs_no_forward():
     start = grid(2, 3, 3)
-    out = sample_autoregressive(tiny(), start, keep_mask=torch.ones(2, 3, 3, dtype=torch.bool), num_tokens=V)
+    out = sample_autoregressive(tiny(), start, AutoregressiveSampling(), keep_mask=torch.ones(2, 3, 3,
+                                dtype=torch.bool), num_tokens=V)
     assert torch.equal(out.tokens, start) and (out.steps_used == 0).all()
 
 
@@ -258,7 +262,8 @@ def test_a_whole_known_grid_needs_no_forward():
 def test_a_non_prefix_mask_is_a_one_line_error(known):
     keep = torch.tensor(known, dtype=torch.bool)
     with pytest.raises(UserError) as e:
-        sample_autoregressive(tiny(), grid(1, 2, 3)[0], keep_mask=keep, nb_samples=2, num_tokens=V)
+        sample_autoregressive(tiny(), grid(1, 2, 3)[0], AutoregressiveSampling(), keep_mask=keep, nb_samples=2,
+                              num_tokens=V)
     message = str(e.value)
     assert message.startswith("the autoregressive prior can only complete a raster-order prefix; ")
     assert "\n" not in message

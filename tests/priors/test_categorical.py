@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from priors.categorical import sample_categorical
+from priors.grids import sample_categorical
 
 
 def test_draws_follow_softmax():

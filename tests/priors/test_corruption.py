@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from priors.corruption import corrupt
+from priors.sundae import corrupt
 from infra.errors import UserError
 
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from priors.corruption import corrupt
+from priors.sundae import corrupt
 from infra.errors import UserError
-from priors.loss import unrolled_loss
+from priors.sundae import unrolled_loss
 
 
 class TableModel(nn.Module):

@@ -12,7 +12,7 @@ from hourglass_transformer.model import Block, PatchAttention
 from infra.errors import UserError
 from training.checkpoint import check_fits, read_checkpoint
 from training.config import config_from_dict, load_config
-from priors.base import build_denoiser
+from priors import build_model
 from tests.helpers import TINY_CONFIG
 
 HERE = Path(__file__).resolve().parents[1] / "training"  # the original-layout configs
@@ -46,7 +46,7 @@ def count(model):
 
 def meta_denoiser(cfg):
     with torch.device("meta"):  # shapes only
-        return build_denoiser(cfg)
+        return build_model(cfg)
 
 
 # --- parsing ----------------------------------------------------------------------------------------
@@ -91,7 +91,7 @@ def test_a_non_square_shorten_factor_builds_only_with_1d_resampling():
     cfg = config_from_dict(tiny_table(shorten_factor=2, resampling_layout="1d"))
     assert meta_denoiser(cfg).shorten_factors == [2]
     with pytest.raises(UserError, match=r"\[net\]: shorten_factor=2: expected a perfect square"):
-        build_denoiser(config_from_dict(tiny_table(shorten_factor=2)))
+        build_model(config_from_dict(tiny_table(shorten_factor=2)))
 
 
 # --- build_denoiser passes them ---------------------------------------------------------------------
@@ -120,9 +120,9 @@ def test_each_switch_changes_the_built_model(key, value):
     table = tiny_table(dim_head=8)
     table["data"]["latent_shape"] = [8, 8]
     torch.manual_seed(0)
-    a = build_denoiser(config_from_dict(table)).eval()
+    a = build_model(config_from_dict(table)).eval()
     table["net"][key] = value
-    b = build_denoiser(config_from_dict(table)).eval()
+    b = build_model(config_from_dict(table)).eval()
     if key != "attn_resampling_type":  # the others keep the parameters: only what they compute changes
         b.load_state_dict(a.state_dict())
     tokens, cond = torch.randint(0, 5, (2, 8, 8)), torch.tensor([0, 1])

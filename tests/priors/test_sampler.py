@@ -7,7 +7,8 @@ import torch.nn.functional as F
 import priors.sundae
 from infra.config import ConfigError
 from infra.errors import UserError
-from priors.sundae import SamplingConfig, proportion_schedule, sample, temperature_schedule
+from priors.settings import schedule
+from priors.sundae import SundaeSampling, sample_sundae
 
 VOCAB = 5
 
@@ -77,23 +78,23 @@ class TableModel:
 )
 def test_bad_sampling_values_are_errors_naming_the_field(field, value):
     with pytest.raises(ConfigError, match=f"sampling.{field}: expected .*, got {value!r}"):
-        SamplingConfig(**{field: value})
+        SundaeSampling(**{field: value})
     with pytest.raises(ConfigError, match=f"sampling.{field}: expected"):
-        dataclasses.replace(SamplingConfig(), **{field: value})
+        dataclasses.replace(SundaeSampling(), **{field: value})
 
 
 def test_schedules_are_linear_from_start_to_end():
-    cfg = SamplingConfig(steps=4, temperature=1.0, end_temperature=0.7, sample_proportion=0.5, end_sample_proportion=0.2)
-    assert temperature_schedule(cfg).tolist() == pytest.approx([1.0, 0.9, 0.8, 0.7], abs=1e-12)
-    assert proportion_schedule(cfg).tolist() == pytest.approx([0.5, 0.4, 0.3, 0.2], abs=1e-12)
+    cfg = SundaeSampling(steps=4, temperature=1.0, end_temperature=0.7, sample_proportion=0.5, end_sample_proportion=0.2)
+    assert schedule(cfg, "temperature").tolist() == pytest.approx([1.0, 0.9, 0.8, 0.7], abs=1e-12)
+    assert schedule(cfg, "sample_proportion").tolist() == pytest.approx([0.5, 0.4, 0.3, 0.2], abs=1e-12)
 
 
 def test_schedules_default_to_constant_and_single_step_uses_start():
-    cfg = SamplingConfig(steps=3, temperature=0.8, sample_proportion=0.3)
-    assert temperature_schedule(cfg).tolist() == pytest.approx([0.8] * 3)
-    assert proportion_schedule(cfg).tolist() == pytest.approx([0.3] * 3)
-    single = SamplingConfig(steps=1, temperature=1.0, end_temperature=0.5)
-    assert temperature_schedule(single).tolist() == [1.0]
+    cfg = SundaeSampling(steps=3, temperature=0.8, sample_proportion=0.3)
+    assert schedule(cfg, "temperature").tolist() == pytest.approx([0.8] * 3)
+    assert schedule(cfg, "sample_proportion").tolist() == pytest.approx([0.3] * 3)
+    single = SundaeSampling(steps=1, temperature=1.0, end_temperature=0.5)
+    assert schedule(single, "temperature").tolist() == [1.0]
 
 
 def test_sampler_divides_logits_by_the_scheduled_temperature(monkeypatch):
@@ -106,8 +107,8 @@ def test_sampler_divides_logits_by_the_scheduled_temperature(monkeypatch):
 
     monkeypatch.setattr(priors.sundae, "sample_categorical", recording_draw)
     model = TableModel()
-    cfg = SamplingConfig(steps=3, temperature=1.0, end_temperature=0.5, sample_proportion=1.0, early_stop=False)
-    result = sample(model, (2, 3), cfg, num_tokens=VOCAB, nb_samples=2, return_history=True,
+    cfg = SundaeSampling(steps=3, temperature=1.0, end_temperature=0.5, sample_proportion=1.0, early_stop=False)
+    result = sample_sundae(model, (2, 3), cfg, num_tokens=VOCAB, nb_samples=2, return_history=True,
                     generator=torch.Generator().manual_seed(0))
     for step, temperature in enumerate([1.0, 0.75, 0.5]):  # proportion 1: every position, row-major
         assert torch.allclose(seen[step], model(result.history[step], None).flatten(0, 2) / temperature)
@@ -117,9 +118,9 @@ def test_drawing_only_at_updated_positions_keeps_the_step_distribution():
     # The sampler asks for logits and draws only where it updates. One step from known tokens must
     # still move token u to v with probability (1 - p) [u == v] + p softmax(logits(u) / tau)[v].
     model, p, tau = TableModel(seed=3), 0.5, 0.8
-    cfg = SamplingConfig(steps=1, temperature=tau, sample_proportion=p, early_stop=False)
+    cfg = SundaeSampling(steps=1, temperature=tau, sample_proportion=p, early_stop=False)
     start = torch.randint(VOCAB, (8, 64, 64), generator=torch.Generator().manual_seed(4))
-    after = sample(model, start, cfg, num_tokens=VOCAB, generator=torch.Generator().manual_seed(5)).tokens
+    after = sample_sundae(model, start, cfg, num_tokens=VOCAB, generator=torch.Generator().manual_seed(5)).tokens
     expected = (1 - p) * torch.eye(VOCAB) + p * (model.table * 3.0 / tau).softmax(-1)
     for u in range(VOCAB):
         moved = after[start == u]  # ~6500 positions: frequencies within 0.007 (1 sd)
@@ -130,8 +131,8 @@ def test_drawing_only_at_updated_positions_keeps_the_step_distribution():
 def test_sampler_updates_the_scheduled_proportion_of_positions():
     # The stub always proposes a different token, so a position changes iff it was updated.
     model = StubModel(lambda tokens: (tokens + 1) % VOCAB)
-    cfg = SamplingConfig(steps=3, sample_proportion=0.8, end_sample_proportion=0.2, early_stop=False)
-    result = sample(model, (64, 64), cfg, num_tokens=VOCAB, nb_samples=8, return_history=True,
+    cfg = SundaeSampling(steps=3, sample_proportion=0.8, end_sample_proportion=0.2, early_stop=False)
+    result = sample_sundae(model, (64, 64), cfg, num_tokens=VOCAB, nb_samples=8, return_history=True,
                     generator=torch.Generator().manual_seed(1))
     for step, proportion in enumerate([0.8, 0.5, 0.2]):
         changed = (result.history[step + 1] != result.history[step]).float().mean().item()
@@ -143,8 +144,8 @@ def test_sampler_updates_the_scheduled_proportion_of_positions():
 
 def test_unchanging_samples_freeze_exactly_at_min_steps():
     model = identity_model()
-    cfg = SamplingConfig(steps=20, min_steps=5)
-    result = sample(model, (4, 4), cfg, num_tokens=VOCAB, nb_samples=6, return_history=True)
+    cfg = SundaeSampling(steps=20, min_steps=5)
+    result = sample_sundae(model, (4, 4), cfg, num_tokens=VOCAB, nb_samples=6, return_history=True)
     assert result.steps_used.tolist() == [5] * 6
     assert model.batch_sizes == [6] * 5
     assert len(result.history) == 6  # the start plus one grid per step
@@ -153,8 +154,8 @@ def test_unchanging_samples_freeze_exactly_at_min_steps():
 
 def test_without_early_stop_every_sample_runs_all_steps():
     model = identity_model()
-    cfg = SamplingConfig(steps=12, min_steps=2, early_stop=False)
-    result = sample(model, (3, 3), cfg, num_tokens=VOCAB, nb_samples=4)
+    cfg = SundaeSampling(steps=12, min_steps=2, early_stop=False)
+    result = sample_sundae(model, (3, 3), cfg, num_tokens=VOCAB, nb_samples=4)
     assert result.steps_used.tolist() == [12] * 4
     assert model.batch_sizes == [4] * 12
 
@@ -166,8 +167,8 @@ def test_frozen_samples_leave_the_batch_and_conditioning_follows_them():
     start = start_values[:, None, None].expand(4, 3, 5)
     labels = torch.tensor([100, 101, 102, 103])
     model = countdown_model()
-    cfg = SamplingConfig(steps=10, sample_proportion=1.0, min_steps=1)
-    result = sample(model, start, cfg, num_tokens=VOCAB, cond=labels)
+    cfg = SundaeSampling(steps=10, sample_proportion=1.0, min_steps=1)
+    result = sample_sundae(model, start, cfg, num_tokens=VOCAB, cond=labels)
 
     assert result.steps_used.tolist() == [3, 1, 4, 2]
     assert model.batch_sizes == [4, 3, 2, 1]
@@ -183,8 +184,8 @@ def test_frozen_samples_leave_the_batch_and_conditioning_follows_them():
 def test_min_steps_holds_back_freezing_of_samples_that_settle_early():
     model = countdown_model()
     start = torch.tensor([0, 3])[:, None, None].expand(2, 2, 2)
-    cfg = SamplingConfig(steps=10, sample_proportion=1.0, min_steps=3)
-    result = sample(model, start, cfg, num_tokens=VOCAB)
+    cfg = SundaeSampling(steps=10, sample_proportion=1.0, min_steps=3)
+    result = sample_sundae(model, start, cfg, num_tokens=VOCAB)
     assert result.steps_used.tolist() == [3, 4]
     assert model.batch_sizes == [2, 2, 2, 1]
 
@@ -202,8 +203,8 @@ def test_kept_positions_never_change_and_the_model_sees_them():
         calls.append(tokens.clone())
         return at_positions(torch.zeros(*tokens.shape, VOCAB), at)
 
-    cfg = SamplingConfig(steps=6, sample_proportion=1.0, early_stop=False)
-    result = sample(model, start, cfg, num_tokens=VOCAB, keep_mask=keep, return_history=True, generator=generator)
+    cfg = SundaeSampling(steps=6, sample_proportion=1.0, early_stop=False)
+    result = sample_sundae(model, start, cfg, num_tokens=VOCAB, keep_mask=keep, return_history=True, generator=generator)
     for grid in result.history + calls:
         assert torch.equal(grid[keep], start[keep])
     assert (result.tokens[~keep] != start[~keep]).float().mean() > 0.5  # the free part was redrawn
@@ -213,8 +214,8 @@ def test_single_grid_and_mask_are_broadcast_to_nb_samples():
     start = torch.arange(12).reshape(3, 4) % VOCAB
     keep = torch.zeros(3, 4, dtype=torch.bool)
     keep[0] = True
-    cfg = SamplingConfig(steps=4, early_stop=False)
-    result = sample(uniform_model(), start, cfg, num_tokens=VOCAB, nb_samples=5, keep_mask=keep,
+    cfg = SundaeSampling(steps=4, early_stop=False)
+    result = sample_sundae(uniform_model(), start, cfg, num_tokens=VOCAB, nb_samples=5, keep_mask=keep,
                     generator=torch.Generator().manual_seed(3))
     assert result.tokens.shape == (5, 3, 4)
     assert torch.equal(result.tokens[:, 0], start[0].expand(5, 4))
@@ -223,7 +224,7 @@ def test_single_grid_and_mask_are_broadcast_to_nb_samples():
 
 def test_start_tokens_are_not_modified_in_place():
     start = torch.zeros(2, 3, 3, dtype=torch.long)
-    sample(uniform_model(), start, SamplingConfig(steps=2), num_tokens=VOCAB)
+    sample_sundae(uniform_model(), start, SundaeSampling(steps=2), num_tokens=VOCAB)
     assert torch.equal(start, torch.zeros(2, 3, 3, dtype=torch.long))
 
 
@@ -231,10 +232,10 @@ def test_start_tokens_are_not_modified_in_place():
 
 
 def test_same_seed_same_samples_on_cpu():
-    cfg = SamplingConfig(steps=8, min_steps=2, temperature=1.0, end_temperature=0.5)
+    cfg = SundaeSampling(steps=8, min_steps=2, temperature=1.0, end_temperature=0.5)
 
     def run(seed):
-        return sample(TableModel(), (4, 4), cfg, num_tokens=VOCAB, nb_samples=6,
+        return sample_sundae(TableModel(), (4, 4), cfg, num_tokens=VOCAB, nb_samples=6,
                       generator=torch.Generator().manual_seed(seed))
 
     first, second, other = run(0), run(0), run(1)
@@ -244,15 +245,15 @@ def test_same_seed_same_samples_on_cpu():
 
 
 def test_result_shapes_and_history():
-    cfg = SamplingConfig(steps=7, min_steps=2)
-    result = sample(TableModel(), (3, 2, 5), cfg, num_tokens=VOCAB, return_history=True,
+    cfg = SundaeSampling(steps=7, min_steps=2)
+    result = sample_sundae(TableModel(), (3, 2, 5), cfg, num_tokens=VOCAB, return_history=True,
                     generator=torch.Generator().manual_seed(4))
     assert result.tokens.shape == (3, 2, 5) and result.tokens.dtype == torch.long
     assert result.steps_used.shape == (3,) and result.steps_used.dtype == torch.long
     assert ((result.tokens >= 0) & (result.tokens < VOCAB)).all()
     assert len(result.history) == int(result.steps_used.max()) + 1
     assert torch.equal(result.history[-1], result.tokens)
-    assert sample(TableModel(), (2, 2), cfg, num_tokens=VOCAB, nb_samples=1).history is None
+    assert sample_sundae(TableModel(), (2, 2), cfg, num_tokens=VOCAB, nb_samples=1).history is None
 
 
 # --- errors ----------------------------------------------------------------------------------------
@@ -273,7 +274,7 @@ def test_result_shapes_and_history():
 def test_bad_arguments_are_errors(kwargs, message):
     kwargs = {"num_tokens": VOCAB, **kwargs}
     with pytest.raises(UserError, match=message):
-        sample(uniform_model(), cfg=SamplingConfig(steps=2), **kwargs)
+        sample_sundae(uniform_model(), settings=SundaeSampling(steps=2), **kwargs)
 
 
 class OneRestlessPosition(torch.nn.Module):
@@ -294,14 +295,14 @@ class OneRestlessPosition(torch.nn.Module):
 
 def test_the_papers_freezing_rule_rarely_fires_when_one_token_keeps_moving_and_the_quiet_rule_does():
     model = OneRestlessPosition()
-    base = SamplingConfig(steps=30, min_steps=2, sample_proportion=1.0)
-    paper = sample(model, (4, 4), base, num_tokens=1000, nb_samples=8, generator=torch.Generator().manual_seed(0))
+    base = SundaeSampling(steps=30, min_steps=2, sample_proportion=1.0)
+    paper = sample_sundae(model, (4, 4), base, num_tokens=1000, nb_samples=8, generator=torch.Generator().manual_seed(0))
     assert paper.steps_used.float().mean() > 25  # a step changes nothing with probability 1/1000
     quiet = dataclasses.replace(base, freeze_threshold=0.07, freeze_patience=3)
-    result = sample(model, (4, 4), quiet, num_tokens=1000, nb_samples=8, generator=torch.Generator().manual_seed(0))
+    result = sample_sundae(model, (4, 4), quiet, num_tokens=1000, nb_samples=8, generator=torch.Generator().manual_seed(0))
     # step 1 moves every token to the target; steps 2, 3, 4 move one token each: frozen after step 4
     assert result.steps_used.tolist() == [4] * 8
     assert (result.tokens[:, 1:] == model.target[1:]).all()
     stricter = dataclasses.replace(quiet, freeze_threshold=0.05)  # one token of 16 is 6.25%: never quiet
-    assert sample(model, (4, 4), stricter, num_tokens=1000, nb_samples=2,
+    assert sample_sundae(model, (4, 4), stricter, num_tokens=1000, nb_samples=2,
                   generator=torch.Generator().manual_seed(0)).steps_used.tolist() == [30, 30]

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-import priors.loss
+import priors.sundae
 from hourglass_transformer import HourglassTransformerLM
-from priors.loss import unrolled_loss
+from priors.sundae import unrolled_loss
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -53,7 +53,7 @@ def test_step_two_inputs_are_draws_from_the_step_one_logits():
 
 
 def test_the_check_above_fails_when_the_unroll_feeds_the_argmax(monkeypatch):
-    monkeypatch.setattr(priors.loss, "sample_categorical", lambda logits, generator=None: logits.argmax(-1))
+    monkeypatch.setattr(priors.sundae, "sample_categorical", lambda logits, generator=None: logits.argmax(-1))
     tokens = torch.zeros(8, 16, 16, dtype=torch.long)
     a, b = (step_two_inputs(FixedLogits(), seed, tokens, V) for seed in (0, 1))
     assert torch.equal(a, b) and (a == 0).all()

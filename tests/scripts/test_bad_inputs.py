@@ -150,12 +150,12 @@ CASES = {
     "nb-samples": (lambda c: c.sample("--nb-samples", 0), "--nb-samples must be >= 1"),
     "batch-size": (lambda c: c.sample("--batch-size", 0), "--batch-size must be >= 1"),
     "class-idx": (lambda c: c.sample("--class-idx", 7), "--class-idx 7: out of range"),
-    "temperature": (lambda c: c.sample("--temperature", 0), "sampling.temperature: expected float > 0"),
-    "proportion": (lambda c: c.sample("--sample-proportion", 2), "sampling.sample_proportion: expected float in (0, 1]"),
+    "temperature": (lambda c: c.sample("--temperature", 0), "--temperature: expected float > 0"),
+    "proportion": (lambda c: c.sample("--sample-proportion", 2), "--sample-proportion: expected float in (0, 1]"),
     "steps-flag": (lambda c: c.sample("--steps", "many"), "argument --steps: invalid int value: 'many'"),
     "guidance-untrained": (lambda c: c.sample("--guidance-scale", 2), "needs a class-conditional prior trained with "
                                                                       "net.cond_drop_prob > 0"),
-    "prior-flag-of-another-type": (lambda c: c.sample("--top-k", 5), "--top-k: a setting of autoregressive priors"),
+    "prior-flag-of-another-type": (lambda c: c.sample("--top-k", 5), "--top-k: a sampling setting of autoregressive priors"),
     # --- inpaint.py -----------------------------------------------------------------------------------
     "bomb": (bomb, "bomb.png: unreadable image"),
     "mask-size": (lambda c: c.inpaint("--dataset-rows", 0, "--mask", Path(__file__).parents[2] / "docs" / "digits-samples.png"),

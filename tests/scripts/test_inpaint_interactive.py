@@ -1,4 +1,5 @@
 """inpaint.py and sample-interactive.py on a tiny trained prior (token space, no VQ-GAN)."""
+import dataclasses
 import numpy as np
 import pytest
 import torch
@@ -6,7 +7,8 @@ from PIL import Image
 
 from infra.errors import UserError
 from generation.inpainting import latent_keep_mask, masked_preview, read_mask_image, regenerate_mask
-from generation.interactive import InteractiveSampler, Params, parse_value
+from generation.interactive import InteractiveSampler, MenuOptions, parse_value
+from priors.sundae import SundaeSampling
 from latents.dataset import LatentDataset
 from generation.pretrained import load_prior
 from latents.render import tokens_to_gray
@@ -100,22 +102,30 @@ def scripted(answers):
 def test_interactive_menu(tmp_path, tiny_prior):
     cfg, ckpt = tiny_prior.cfg, tiny_prior.last
     prior = load_prior(cfg, ckpt)
-    params = Params(steps=4, nb_samples=2, temperature=1.0, end_temperature=1.0, sample_proportion=0.5,
-                    end_sample_proportion=0.5, min_steps=2)
+    settings = SundaeSampling(steps=4, nb_samples=2, min_steps=2)
     said = []
-    session = InteractiveSampler(prior, params, tmp_path / "inter", say=said.append, ask=scripted([
+    # the prompts in order: the prior's own sampling settings (those its config's [sampling] holds), then
+    # the menu's options
+    fields = [f.name for f in dataclasses.fields(SundaeSampling) if "ignored" not in f.metadata] + \
+        ["history", "class_idx", "seed"]
+    answers = {"nb_samples": ["3"], "temperature": ["abc", "0.9"], "end_temperature": ["zz", "none"],
+               "sample_proportion": ["-1", ""], "history": ["yes"], "class_idx": ["9", ""]}
+    edit = [a for name in fields for a in answers.get(name, [""])]
+    session = InteractiveSampler(prior, settings, MenuOptions(), tmp_path / "inter", say=said.append, ask=scripted([
         "2",                     # repeat before any sample: refused politely
         "x",                     # not a menu choice: asked again
-        "3", "", "3", "abc", "0.9", "", "-1", "", "", "", "", "", "", "", "", "yes", "9", "", "",  # edit (bad values re-asked)
+        "3", *edit,              # edit every setting (bad values re-asked)
         "1", "2", "4",
     ]))
     session.run()
     assert any("nothing sampled yet" in s for s in said)
     assert any("invalid choice 'x'" in s for s in said)
-    assert any("not a valid float" in s for s in said)
+    assert any("'abc' is not a valid float" in s for s in said)
+    assert any("'zz' is not a valid float (or none)" in s for s in said)
     assert any("sampling.sample_proportion: expected" in s for s in said)
     assert any("--class-idx 9" in s for s in said)  # out of range for 2 classes, re-asked
-    assert session.params.nb_samples == 3 and session.params.temperature == 0.9 and session.params.history
+    assert session.settings.nb_samples == 3 and session.settings.temperature == 0.9
+    assert session.settings.end_temperature is None and session.options.history
     files = sorted(p.name for p in (tmp_path / "inter").iterdir())
     assert files == ["sample-0000.gif", "sample-0000.png", "sample-0001.gif", "sample-0001.png"]
     # "repeat" reuses the seed: identical pictures
@@ -126,21 +136,23 @@ def test_interactive_menu(tmp_path, tiny_prior):
 
 def test_interactive_leaves_cleanly_on_ctrl_c(tmp_path, tiny_prior):
     cfg, ckpt = tiny_prior.cfg, tiny_prior.last
-    params = Params(steps=2, nb_samples=1, temperature=1.0, end_temperature=1.0, sample_proportion=0.5,
-                    end_sample_proportion=0.5, min_steps=1)
+    settings = SundaeSampling(steps=2, nb_samples=1, min_steps=1)
 
     def interrupt(prompt):
         raise KeyboardInterrupt
 
     said = []
-    InteractiveSampler(load_prior(cfg, ckpt), params, tmp_path, ask=interrupt, say=said.append).run()
+    InteractiveSampler(load_prior(cfg, ckpt), settings, MenuOptions(), tmp_path, ask=interrupt, say=said.append).run()
     assert said[-1].strip() == "bye"
 
 
 def test_parse_value():
     assert parse_value(bool, " Yes ") is True and parse_value(int, "3") == 3
-    with pytest.raises(UserError):
-        parse_value(int, "3.5")
+    assert parse_value(("unleashing", "maskgit"), "maskgit") == "maskgit"
+    assert parse_value(float, "None", optional=True) is None
+    for kind, text in ((int, "3.5"), (("unleashing", "maskgit"), "mask"), (float, "none")):
+        with pytest.raises(UserError):
+            parse_value(kind, text)
 
 
 def test_gray_render_round_trip():

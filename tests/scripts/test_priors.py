@@ -1,5 +1,5 @@
 """Every prior type round-trips through the scripts on digits: train.py, sample.py (npz),
-inpaint.py, sample-interactive.py, with the one interface (priors.base) and no branching in the
+inpaint.py, sample-interactive.py, with the one interface (priors.base.Prior) and no branching in the
 scripts; wrong-prior checkpoints and masks a prior cannot inpaint are one-line errors."""
 
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from training.config import load_config
-from priors.base import PRIOR_TYPES, build_denoiser
+from priors import PRIORS, build_model
 from tests.helpers import REPO, assert_user_error, run_main, shrunk_digits_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -37,12 +37,12 @@ def trained(digits):
 
 
 def test_the_registry_has_every_documented_prior():
-    assert set(PRIOR_TYPES) == set(CONFIGS)
+    assert set(PRIORS) == set(CONFIGS)
     for kind, name in CONFIGS.items():
         cfg = load_config(REPO / "config" / name)
         assert cfg.prior.type == kind
         with torch.device("meta"):
-            build_denoiser(cfg)
+            build_model(cfg)
 
 
 @pytest.mark.slow
@@ -98,4 +98,4 @@ def test_maskgit_decodes_the_same_absorbing_model(trained, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "mean steps used 8.0" in proc.stdout
     proc = run_main("sample.py", "--cfg-path", cfg, "--resume", ckpt, "--top-k", 5, "--out-dir", tmp_path / "x")
-    assert_user_error(proc, "--top-k: a setting of autoregressive priors")
+    assert_user_error(proc, "--top-k: a sampling setting of autoregressive priors", "trains a absorbing prior")

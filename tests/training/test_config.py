@@ -4,6 +4,7 @@ import tomllib
 
 import pytest
 
+from priors import PRIORS
 from training.config import config_from_dict, load_config
 from infra.errors import UserError
 from tests.helpers import (ONE_THREAD_ENV, REPO, TINY_CONFIG, assert_user_error, run_main, run_script,
@@ -40,7 +41,7 @@ def test_every_shipped_config_loads(path):
 
 def test_tiny_config_parses_into_typed_sections():
     cfg = config_from_dict(tiny_table())
-    assert cfg.unroll_steps == 2 and cfg.trainer.batch_size == 8
+    assert cfg.prior.unroll_steps == 2 and cfg.trainer.batch_size == 8
     assert cfg.trainer.learning_rate == pytest.approx(3e-3) and cfg.vocab_size == 5
     assert cfg.latent_shape == (4, 4) and cfg.net.depth == [1, 1, 1] and cfg.net.conditional
     assert cfg.sampling.steps == 6 and cfg.sampling.nb_samples == 4
@@ -219,3 +220,84 @@ def test_original_keys_that_do_nothing_load_with_one_warning_each(capsys):
     ]
     config_from_dict(tiny_table())
     assert capsys.readouterr().err == ""  # nothing to say when they are not set
+
+
+# --- [prior] and [sampling]: the configured prior's own settings -------------------------------
+
+def with_prior(kind, **prior):
+    """The tiny table as a `kind` prior: the sundae-only keys dropped, a net it can use, `prior`
+    added to [prior]."""
+    table = tiny_table()
+    if kind != "sundae":
+        del table["unroll_steps"], table["sampling"]["min_steps"]
+    if kind == "autoregressive":
+        del table["sampling"]["steps"]
+        table["net"].update(type="vanilla", depth=2)
+    table["prior"] = {"type": kind, **prior}
+    return table
+
+
+@pytest.mark.parametrize("edit, fragments", [
+    (lambda t: t["sampling"].update(sample_proportion=0.5),
+     ["sampling.sample_proportion: a setting of sundae priors, but prior.type = 'autoregressive'"]),
+    (lambda t: t["sampling"].update(steps=64),  # an AR grid takes h * w forwards: steps would be ignored
+     ["sampling.steps: a setting of sundae and absorbing priors, but prior.type = 'autoregressive'"]),
+    (lambda t: t["sampling"].update(guidance_scale=2.0),
+     ["sampling.guidance_scale: a setting of sundae and absorbing priors"]),
+    (lambda t: t["prior"].update(loss_type="elbo"),
+     ["prior.loss_type: a setting of absorbing priors, but prior.type = 'autoregressive'"]),
+    (lambda t: t.update(unroll_steps=2), ["unroll_steps: a setting of sundae priors, but prior.type = 'autoregressive'"]),
+    (lambda t: t["sampling"].update(top_kk=3), ["unknown key 'sampling.top_kk'", "did you mean 'top_k'"]),
+    (lambda t: t["prior"].update(type="gpt"), ["prior.type: expected one of 'sundae', 'absorbing', 'autoregressive'"]),
+], ids=["sundae-key", "steps", "guidance", "absorbing-key", "top-level-unroll", "misspelt", "unknown-type"])
+def test_a_key_of_another_prior_is_an_error_naming_it(edit, fragments):
+    table = with_prior("autoregressive")
+    edit(table)
+    with pytest.raises(UserError) as e:
+        config_from_dict(table)
+    for fragment in fragments:
+        assert fragment in str(e.value)
+
+
+def test_each_prior_reads_its_own_settings_classes():
+    for kind in PRIORS:
+        cfg = config_from_dict(with_prior(kind))
+        assert type(cfg.prior) is PRIORS[kind].Training and type(cfg.sampling) is PRIORS[kind].Sampling
+        assert cfg.prior.type == kind
+    assert config_from_dict(tiny_table()).prior.unroll_steps == 2  # the original layout's top-level key
+    table = with_prior("sundae", unroll_steps=3)
+    del table["unroll_steps"]
+    assert config_from_dict(table).prior.unroll_steps == 3
+    table = tiny_table()
+    table["prior"] = {"unroll_steps": 3}
+    with pytest.raises(UserError, match="unroll_steps: given at the top and in .prior.; keep one"):
+        config_from_dict(table)
+
+
+def test_sampling_keys_in_prior_move_to_sampling_with_a_deprecation_line(capsys):
+    cfg = config_from_dict(with_prior("absorbing", decoder="maskgit", choice_temperature=2.0), source="old.toml")
+    assert cfg.sampling.decoder == "maskgit" and cfg.sampling.choice_temperature == 2.0
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: old.toml: prior.{key} is a sampling setting now: read as sampling.{key} (move it there)"
+        for key in ("decoder", "choice_temperature")]
+    cfg = config_from_dict(with_prior("autoregressive", top_k=5))
+    assert cfg.sampling.top_k == 5
+    table = with_prior("autoregressive", top_k=5)
+    table["sampling"]["top_k"] = 7
+    with pytest.raises(UserError, match="prior.top_k: a sampling setting, given in .prior. and .sampling.; keep sampling.top_k"):
+        config_from_dict(table)
+
+
+def test_a_setting_of_the_other_decoder_is_an_error():
+    table = with_prior("absorbing")
+    table["sampling"].update(decoder="unleashing", choice_temperature=2.0)
+    with pytest.raises(UserError, match="sampling.choice_temperature: a setting of the maskgit decoder"):
+        config_from_dict(table)
+
+
+def test_a_net_the_prior_cannot_use_is_named():
+    table = with_prior("autoregressive")
+    table["net"].update(type="hourglass", depth=[1, 1, 1])
+    with pytest.raises(UserError, match="net.type: a autoregressive prior takes net.type 'vanilla' or 'transformer', "
+                                        "got 'hourglass'"):
+        config_from_dict(table)
