@@ -13,7 +13,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from infra.cli import ArgumentParser, run_cli
 from infra.data import RESUME_WARNING
-from infra.devices import check_compiler, configure_threads, resolve_devices
+from infra.devices import configure_threads, resolve_devices
 from infra.errors import UserError
 from infra.runs import claim_run_dir
 from infra.trainer import add_run_args, build_trainer
@@ -21,7 +21,7 @@ from training.checkpoint import check_fits, read_checkpoint
 from training.config import load_config, replace_section, run_dir
 from training.data import load_config_vqgan, open_splits
 from training.quality import SampleQuality
-from training.module import LatentDataModule, PriorModule
+from training.module import LatentDataModule, PriorModule, resolve_compile
 
 
 def parse_args(argv):
@@ -38,9 +38,8 @@ def main(argv=None):
     cfg = replace_section(load_config(args.cfg_path), "trainer", max_steps=args.max_steps,
                           precision=args.precision)
     devices = resolve_devices(args.accelerator, args.devices, args.num_nodes)
-    if cfg.trainer.compile:
-        check_compiler("cuda" if devices.accelerator == "gpu" else "cpu",
-                       f"{args.cfg_path}: [trainer] compile = true (set it to false)")
+    device = "cuda" if devices.accelerator == "gpu" else "cpu"
+    cfg = replace_section(cfg, "trainer", compile=resolve_compile(cfg.trainer.compile, device, args.cfg_path))
     pl.seed_everything(args.seed, workers=True, verbose=False)
 
     train, evaluation = open_splits(cfg, seed=args.seed)

@@ -109,11 +109,13 @@ def write_tiny_config(tmp_path, text=TINY_CONFIG, **fields):
 
 def shrunk_digits_config(text, tmp_path):
     """A shipped digits config's text, shrunk to train in seconds, its data and runs in tmp_path
-    (the dataset at tmp_path / 'digits'); no [evaluation] (sample quality is tested elsewhere)."""
+    (the dataset at tmp_path / 'digits'); no [evaluation] (sample quality is tested elsewhere) and an
+    eager step (compile = 'auto' is tested on the tiny config)."""
     for key, value in (("max_steps", 30), ("eval_frequency", 15), ("checkpoint_frequency", 15),
                        ("warmup_steps", 5), ("dim", 32), ("nb_samples", 8)):
         text = re.sub(rf"(\n    {key} = )[^\n#]*", rf"\g<1>{value}", text, count=1)
     text = re.sub(r"\n\[evaluation\].*", "\n", text, flags=re.S)
+    text = text.replace("compile = 'auto'", "compile = false")  # eager: compiling costs a minute a run
     text = text.replace("root = 'data/digits'", f"root = '{tmp_path / 'digits'}'")
     return text.replace("[trainer]", f"[trainer]\n    runs_dir = '{tmp_path / 'runs'}'", 1)
 

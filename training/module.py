@@ -10,11 +10,30 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from infra.data import StepBatchSampler, loader_generator, step_generator
+from infra.devices import check_compiler
+from infra.errors import UserError
 from infra.images import save_png
 from infra.runs import check_parameters_finite, restore_rng_state, rng_state, stop_if_not_finite
 from training.data import collate
 from priors import prior_for
 from latents.render import render_tokens
+
+
+def resolve_compile(setting, device, cfg_path, log=print):
+    """Whether the training step runs compiled, from [trainer] compile: "auto" is whether
+    torch.compile finds a C++ compiler for `device` (said in one line, so a log shows which step
+    ran); true without a compiler is a one-line error."""
+    if setting == "auto":
+        try:
+            check_compiler(device, "compile = 'auto'")
+        except UserError:
+            log("training step: eager ([trainer] compile = 'auto' and torch.compile found no C++ compiler)")
+            return False
+        log("training step: compiled ([trainer] compile = 'auto' and torch.compile found a C++ compiler)")
+        return True
+    if setting:
+        check_compiler(device, f"{cfg_path}: [trainer] compile = true (set it to false)")
+    return setting
 
 
 def lr_lambda(cfg):
@@ -68,7 +87,7 @@ class PriorModule(pl.LightningModule):
         """The denoiser the training steps run: self.model, or with [trainer] compile its
         torch.compile wrapper (the same parameters; kept out of the module's children, so
         checkpoints and the EMA see only self.model)."""
-        if not self.cfg.trainer.compile:
+        if self.cfg.trainer.compile is not True:  # False, or "auto" not resolved by train.py
             return self.model
         if "_compiled" not in self.__dict__:
             self.__dict__["_compiled"] = torch.compile(self.model)

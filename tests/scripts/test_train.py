@@ -414,6 +414,30 @@ def test_compile_without_a_cpp_compiler_is_one_line_before_anything_is_written(t
     assert not (tmp_path / "runs" / "no-cxx").exists()
 
 
+@pytest.mark.usefixtures("no_cpp_compiler")
+def test_compile_auto_without_a_cpp_compiler_trains_eagerly_and_says_so(tmp_path):
+    text = renamed(TINY_CONFIG, "auto").replace("[trainer]", "[trainer]\n    compile = 'auto'")
+    proc = expect_ok(run_main("train.py", "--cfg-path", write_tiny_config(tmp_path, text), "--max-steps", 2))
+    assert "training step: eager ([trainer] compile = 'auto' and torch.compile found no C++ compiler)" in proc.stdout
+    saved = load(tmp_path / "runs" / "auto" / "checkpoints" / "last.ckpt")["hyper_parameters"]["config"]
+    assert saved["trainer"]["compile"] is False  # the checkpoint records the step that ran
+
+
+def test_compile_auto_compiles_where_a_cpp_compiler_is_found():
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    from training.module import resolve_compile
+
+    try:
+        get_cpp_compiler()
+    except Exception:
+        pytest.skip("this machine has no C++ compiler for torch.compile (the eager fallback is tested above)")
+    said = []
+    assert resolve_compile("auto", "cpu", "c.toml", log=said.append) is True
+    assert said == ["training step: compiled ([trainer] compile = 'auto' and torch.compile found a C++ compiler)"]
+    assert resolve_compile(False, "cpu", "c.toml", log=said.append) is False and len(said) == 1
+
+
 def test_compile_check_passes_where_torch_finds_a_compiler():
     from infra.devices import check_compiler
     from torch._inductor.cpp_builder import get_cpp_compiler
