@@ -2,8 +2,8 @@ r"""The paper's claims as an ablation table on digits: each variant trained with
 config's budget over several seeds, sampled at N = 1000 (100 per class) and scored by the
 evaluation harness; mean ± sd over seeds.
 
-    python bench/ablations.py --seeds 0 1 2 --out runs/ablations.jsonl     # train, sample, score
-    python bench/ablations.py --report runs/ablations.jsonl                # the table
+    python -m bench.ablations --seeds 0 1 2 --out runs/ablations.jsonl     # train, sample, score
+    python -m bench.ablations --report runs/ablations.jsonl                # the table
 
 Training variants (each its own model): unroll T = 1, 2 (the default), 3; 1D resampling of the
 raster-flattened sequence instead of 2D patches; 1D rotary over the raster index and learned
@@ -13,18 +13,13 @@ blocks, its normalized rotary coordinates, dim_head 64). Sampling variants (on t
 annealed default, and constant update proportions 0.5 and 1.0 against the annealed default.
 """
 import argparse
-import sys
-from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-import digits_search  # noqa: E402  (the train / sample / score loop and the results format)
-from training.config import load_config  # noqa: E402
-from priors.base import build_denoiser  # noqa: E402
+from bench import digits_search  # the train / sample / score loop and the results format
+from bench.flops import counted_flops
+from priors import build_model
+from training.config import replace_section
 
 TRAINING = {
     "default (T=2, 2D hourglass, 2D rotary)": {},
@@ -49,12 +44,10 @@ SAMPLING = {
 def training_flops(cfg):
     """FLOPs of one forward of the model on a training batch (the backward is about twice this
     for every variant alike)."""
-    model = build_denoiser(cfg)
+    model = build_model(cfg)
     tokens = torch.zeros(cfg.trainer.batch_size, *cfg.data.latent_shape, dtype=torch.long)
     cond = torch.zeros(cfg.trainer.batch_size, dtype=torch.long) if cfg.net.conditional else None
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(tokens, cond)
-    return counter.get_total_flops()
+    return counted_flops(lambda: model(tokens, cond))
 
 
 def equal_flops_depth(base_cfg):
@@ -62,8 +55,7 @@ def equal_flops_depth(base_cfg):
     target = training_flops(base_cfg)
     best = None
     for depth in range(1, 25):
-        cfg = load_config(REPO / "config" / "digits.toml", warn=False)
-        cfg.net.type, cfg.net.depth = "vanilla", depth
+        cfg = replace_section(base_cfg, "net", type="vanilla", depth=depth)
         gap = abs(training_flops(cfg) - target)
         if best is None or gap < best[1]:
             best = (depth, gap)

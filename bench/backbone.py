@@ -5,8 +5,11 @@ Hourglass (2, 10, 2) with k=4 versus a plain 14-layer transformer of the same wi
 step (forward + cross-entropy + backward), the peak memory of the training step, and the fraction
 of this machine's measured matmul throughput the model reaches (FLOPs counted analytically).
 
-    .venv/bin/python bench/backbone.py            # CPU (float32); CUDA (bf16 autocast) when present
-    .venv/bin/python bench/backbone.py --quick    # 16x16 and 32x32 only, one timed repeat
+    .venv/bin/python -m bench.backbone            # CPU (float32); CUDA (bf16 autocast) when present
+    .venv/bin/python -m bench.backbone --quick    # 16x16 and 32x32 only, one timed repeat
+
+Both models are built by the priors' registry from the FFHQ1024 config's [net] at this width
+(model_configs); FLOPs are counted by bench.flops.count_flops.
 
 Peak memory is what the training step allocates on top of what was live before it (parameters,
 inputs): activations, gradients, workspace. CUDA: torch.cuda.max_memory_allocated. CPU: the torch
@@ -15,20 +18,15 @@ the peak is the largest running sum of those, in time order.
 """
 import argparse
 import math
-import os
-import platform
 import sys
-import time
-from datetime import date
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python bench/backbone.py` works
-
-from hourglass_transformer import HourglassTransformerLM  # noqa: E402
-from hourglass_transformer.model import Transformer  # noqa: E402
+from bench.configs import FFHQ1024, load
+from bench.flops import count_flops
+from bench.measure import MatmulProbe, header, sync, timed
+from priors import build_model
 
 HOURGLASS_DEPTH = (2, 10, 2)
 VANILLA_DEPTH = 14
@@ -36,71 +34,17 @@ SHORTEN_FACTOR = 4
 NUM_TOKENS = 1024  # a VQ-GAN codebook size
 
 
-# --- analytic FLOPs --------------------------------------------------------------------------------
-
-
-def linear_flops(n, layer):
-    """Multiply-adds of `layer` on n vectors, 2 FLOPs each."""
-    return 2 * n * layer.in_features * layer.out_features
-
-
-def attention_flops(n_queries, n_keys, attn):
-    """Projections plus Q K^T and weights @ V for one sequence."""
-    inner = attn.to_q.out_features
-    scores_and_mix = 2 * 2 * n_queries * n_keys * inner
-    return (linear_flops(n_queries, attn.to_q) + linear_flops(n_keys, attn.to_kv)
-            + scores_and_mix + linear_flops(n_queries, attn.to_out))
-
-
-def stack_flops(stack, h, w):
-    """Forward FLOPs of a Transformer or an HourglassLevel on one h x w grid."""
-    if isinstance(stack, Transformer):
-        n = h * w
-        return sum(attention_flops(n, n, b.attn) + linear_flops(n, b.ff[0]) + linear_flops(n, b.ff[-1])
-                   for b in stack.blocks)
-    s = stack.s
-    patches, patch_size = (h // s) * (w // s), s * s
-    flops = stack_flops(stack.pre, h, w) + stack_flops(stack.valley, h // s, w // s) + stack_flops(stack.post, h, w)
-    for resample in (stack.down, stack.up):
-        if resample.proj is not None:
-            flops += linear_flops(patches, resample.proj)
-    if stack.down.attn is not None:  # one pooled query per patch
-        flops += patches * attention_flops(1, patch_size, stack.down.attn.attn)
-    if stack.up.attn is not None:  # every token of a patch queries that patch
-        flops += patches * attention_flops(patch_size, patch_size, stack.up.attn.attn)
-    return flops
-
-
-def count_flops(model, h, w, batch):
-    """Matmul FLOPs of one forward pass of an HourglassTransformerLM on a (batch, h, w) grid.
-
-    Elementwise work (norms, softmax, GELU, rotary) is left out: it is small next to the matmuls.
-    """
-    return batch * (stack_flops(model.stack, h, w) + linear_flops(h * w, model.to_logits))
+def model_configs(dim, heads, dim_head):
+    """{name: config} of the two models: the FFHQ1024 config's hourglass ([2, 10, 2], k=4) at
+    this width with a 1024-token vocabulary, and a vanilla stack of 14 layers in its place."""
+    net = dict(dim=dim, nb_heads=heads, dim_head=dim_head, ff_mult=4, depth=list(HOURGLASS_DEPTH),
+               shorten_factor=SHORTEN_FACTOR)
+    edits = {"vqgan": None, "data": {"vocab_size": NUM_TOKENS, "latent_shape": [16, 16]}, "net": net}
+    return {"hourglass": load(FFHQ1024, edits),
+            "vanilla": load(FFHQ1024, {**edits, "net": {**net, "type": "vanilla", "depth": VANILLA_DEPTH}})}
 
 
 # --- measuring ------------------------------------------------------------------------------------
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def seconds(fn, device):
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
-
-
-def matmul_flops_per_s(device, dtype, n, repeats):
-    """This machine's throughput on an n x n @ n x n matmul, FLOP/s."""
-    gen = torch.Generator(device).manual_seed(0)
-    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
-    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
-    a @ b  # warm-up
-    return 2 * n**3 / min(seconds(lambda: a @ b, device) for _ in range(repeats))
 
 
 def cpu_peak_bytes(fn):
@@ -176,8 +120,8 @@ def bench_grid(models, grid, batch, device, repeats):
     best = {(name, kind): math.inf for name in runs for kind in ("fwd", "train")}
     for _ in range(repeats):
         for name, (forward, train_step) in runs.items():
-            best[name, "fwd"] = min(best[name, "fwd"], seconds(forward, device))
-            best[name, "train"] = min(best[name, "train"], seconds(train_step, device))
+            best[name, "fwd"] = min(best[name, "fwd"], timed(forward, device=device, warmup=False)[0])
+            best[name, "train"] = min(best[name, "train"], timed(train_step, device=device, warmup=False)[0])
     n = batch * grid[0] * grid[1]
     results = {}
     for name, (_, train_step) in runs.items():
@@ -190,20 +134,6 @@ def bench_grid(models, grid, batch, device, repeats):
 
 
 # --- report ---------------------------------------------------------------------------------------
-
-
-def machine(device):
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, bf16 autocast"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, float32"
 
 
 def parse_args(argv):
@@ -227,31 +157,28 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
-    width = dict(num_tokens=NUM_TOKENS, dim=args.dim, heads=args.heads, dim_head=args.dim_head, ff_mult=4)
     models = {}
-    for name, depth in (("hourglass", HOURGLASS_DEPTH), ("vanilla", VANILLA_DEPTH)):
+    for name, cfg in model_configs(args.dim, args.heads, args.dim_head).items():
         torch.manual_seed(args.seed)
-        models[name] = HourglassTransformerLM(depth=depth, shorten_factor=SHORTEN_FACTOR, **width).to(device)
+        models[name] = build_model(cfg, device)
 
-    matmul_n, matmul_dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     # the matmul throughput is measured before every grid and at the end; the best is the
     # machine's, and a spread between them means other processes competed during the run
-    matmul = [matmul_flops_per_s(device, matmul_dtype, matmul_n, repeats=5)]
+    matmul = MatmulProbe(device)
+    matmul.measure()
     results = {}
     for side in args.grids:
         print(f"measuring {side}x{side} ...", file=sys.stderr, flush=True)
         for name, r in bench_grid(models, (side, side), args.batch, device, args.repeats).items():
             results[side, name] = r
-        matmul.append(matmul_flops_per_s(device, matmul_dtype, matmul_n, repeats=5))
-    peak_flop_s = max(matmul)
+        matmul.measure()
+    peak_flop_s = matmul.best
 
-    print(f"# {date.today()}  {machine(device)}  torch {torch.__version__}  load avg {load:.2f}")
+    print(header(device, "bf16 autocast" if device.type == "cuda" else "float32"))
     print(f"# dim {args.dim}, heads {args.heads}x{args.dim_head}, ff x4, vocab {NUM_TOKENS}; hourglass depth "
           f"{HOURGLASS_DEPTH} k={SHORTEN_FACTOR}, vanilla depth {VANILLA_DEPTH}; batch {args.batch}; "
           f"fastest of {args.repeats}")
-    print(f"# matmul throughput ({matmul_n}x{matmul_n}, {str(matmul_dtype)[6:]}): {peak_flop_s / 1e9:.0f} GFLOP/s "
-          f"(lowest of {len(matmul)} measurements during the run: {min(matmul) / 1e9:.0f})")
+    print(f"# {matmul.summary()}")
     print()
     print("| grid  | model     | GFLOP/fwd | fwd tok/s | fwd+bwd tok/s | peak MiB (fwd+bwd) | fwd % matmul | fwd+bwd % matmul |")
     print("|-------|-----------|----------:|----------:|--------------:|-------------------:|-------------:|-----------------:|")
@@ -276,9 +203,9 @@ def main(argv=None):
         print(f"peak memory {large}x{large} / {small}x{small} ({tokens_ratio:.0f}x tokens): " + ", ".join(
             f"{name} {results[large, name]['peak_mib'] / results[small, name]['peak_mib']:.2f}x" for name in models))
     print_targets(results, peak_flop_s)
-    if min(matmul) < 0.9 * peak_flop_s:
-        print(f"\nWARNING: matmul throughput varied by {100 * (1 - min(matmul) / peak_flop_s):.0f}% during the run: "
-              "other processes competed for the machine; rerun when it is quiet")
+    warning = matmul.warning()
+    if warning:
+        print(f"\n{warning}")
     return 0
 
 

@@ -2,16 +2,17 @@ r"""Search the digits recipe and sampling schedule with the evaluation harness.
 
 Each recipe (overrides of config/digits.toml) is trained with train.py, then sampled at N = 1000
 (100 per class) under each sampling setting and scored by the token-space harness
-(evaluation.tokens.TokenEvaluator): the samples at N, and a class-matched subset of them beside
+(evaluation.token_evaluator.TokenEvaluator): the samples at N, and a class-matched subset of them beside
 the eval-vs-train reference at the eval split's size M, with the per-position-marginals row. Every
 result is appended as one JSON line to --out, so a long search can be stopped and resumed.
 
-    python bench/digits_search.py --recipes base long --seeds 0 1 2 --out runs/search.jsonl
-    python bench/digits_search.py --report runs/search.jsonl        # the table of what was run
+    python -m bench.digits_search --recipes default "2k steps" --seeds 0 1 2 --out runs/search.jsonl
+    python -m bench.digits_search --report runs/search.jsonl        # the table of what was run
 """
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import subprocess
@@ -22,24 +23,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # so `python bench/digits_search.py` works
-
-from evaluation.tokens import CACHE_NAME, TokenEvaluator, relative_to_real  # noqa: E402
-from latents.dataset import LatentDataset  # noqa: E402
-from training.config import load_config, replace_section  # noqa: E402
-from generation.pretrained import load_prior  # noqa: E402
-from priors.base import prior_type  # noqa: E402
+from bench.configs import DIGITS, REPO, edit, load
+from evaluation.report import relative_to_real
+from evaluation.token_evaluator import TokenEvaluator
+from generation.pretrained import load_prior
+from infra.config import read_toml
+from latents.dataset import LatentDataset
+from priors import DEFAULT_PRIOR, PRIORS
 
 # Training recipes: {section: {key: value}} overrides of SEARCH_BASE, itself applied over
 # config/digits.toml: the recipe most rows were measured on, kept fixed so that they stay
 # reproducible as the shipped default moves. "default" is that recipe (the digits default of issue
 # 12: 6000 steps of the [2, 4, 2] hourglass at learning rate 1e-3, warm-up 200; the search began
-# from the earlier default of 2000 steps); SHIPPED names the recipe config/digits.toml ships now.
-SEARCH_BASE = {"trainer": {"max_steps": 6000, "warmup_steps": 200, "learning_rate": 1e-3},
-               "net": {"depth": [2, 4, 2]}}
-SHIPPED = "5k lr3e-3 [0,6,0] no-attn-res"
+# from the earlier default of 2000 steps), trained eagerly and with attention in the resampling, as
+# every recorded row was unless its recipe says otherwise; SHIPPED names the recipe
+# config/digits.toml ships now.
+SEARCH_BASE = {"trainer": {"max_steps": 6000, "warmup_steps": 200, "learning_rate": 1e-3, "compile": False},
+               "net": {"depth": [2, 4, 2], "attn_resampling": True}}
+SHIPPED = "5k lr3e-3 [0,6,0] no-attn-res compile=auto"
 ONE_K = {"max_steps": 1000, "warmup_steps": 50}
+
+
+def other_prior_sampling(kind, **values):
+    """[sampling] overrides of config/digits.toml for a recipe of the prior `kind`: the keys only
+    the sundae prior takes left out (None), `values` set."""
+    theirs = {f.name for f in dataclasses.fields(PRIORS[kind].Sampling)}
+    return {**{f.name: None for f in dataclasses.fields(PRIORS[DEFAULT_PRIOR].Sampling) if f.name not in theirs},
+            **values}
+
+
 RECIPES = {
     "default": {},
     "2k steps": {"trainer": {"max_steps": 2000, "warmup_steps": 100}},
@@ -87,20 +99,20 @@ RECIPES = {
     "5k lr3e-3 [0,6,0] no-attn-res compiled": {"trainer": {"max_steps": 5000, "warmup_steps": 100, "learning_rate": 3e-3,
                                                            "compile": True},
                                                "net": {"depth": [0, 6, 0], "attn_resampling": False}},
+    # the shipped default: "5k lr3e-3 [0,6,0] no-attn-res", compiled where torch.compile finds a C++ compiler
+    "5k lr3e-3 [0,6,0] no-attn-res compile=auto": {"trainer": {"max_steps": 5000, "warmup_steps": 100,
+                                                               "learning_rate": 3e-3, "compile": "auto"},
+                                                   "net": {"depth": [0, 6, 0], "attn_resampling": False}},
     "4k lr3e-3 [0,8,0] no-attn-res": {"trainer": {"max_steps": 4000, "warmup_steps": 100, "learning_rate": 3e-3},
                                       "net": {"depth": [0, 8, 0], "attn_resampling": False}},
     "cfg": {"net": {"cond_drop_prob": 0.1}},
     "cfg 2k steps": {"net": {"cond_drop_prob": 0.1}, "trainer": {"max_steps": 2000, "warmup_steps": 100}},
     # the other priors on the same data, budget and (about) parameter count (issue: compare priors)
     "absorbing": {"prior": {"type": "absorbing"}, "unroll_steps": None,
-                  "sampling": {"steps": 64, "temperature": 1.0, "end_temperature": None,
-                               "sample_proportion": 0.5, "end_sample_proportion": None,
-                               "freeze_threshold": None, "freeze_patience": None}},
+                  "sampling": other_prior_sampling("absorbing", steps=64, temperature=1.0)},
     "autoregressive": {"prior": {"type": "autoregressive"}, "unroll_steps": None,
                        "net": {"type": "vanilla", "depth": 9, "shorten_factor": None},
-                       "sampling": {"steps": 64, "temperature": 1.0, "end_temperature": None,
-                                    "sample_proportion": 0.5, "end_sample_proportion": None,
-                                    "freeze_threshold": None, "freeze_patience": None}},
+                       "sampling": other_prior_sampling("autoregressive", temperature=1.0)},
 }
 
 # Sampling settings: [sampling] overrides; each is scored on every trained recipe. The default
@@ -138,14 +150,14 @@ SAMPLINGS = {
     "guidance1.5": {"guidance_scale": 1.5},
     "guidance2": {"guidance_scale": 2.0},
     "guidance3": {"guidance_scale": 3.0},
-    # absorbing: Unleashing's sampler at S steps, MaskGIT's decoder (a [prior] override)
+    # absorbing: Unleashing's sampler at S steps, MaskGIT's decoder
     "unleashing64": {"steps": 64},
     "unleashing32": {"steps": 32},
-    "maskgit12": {"steps": 12, "prior": {"decoder": "maskgit"}},
-    "maskgit8": {"steps": 8, "prior": {"decoder": "maskgit"}},
+    "maskgit12": {"steps": 12, "decoder": "maskgit"},
+    "maskgit8": {"steps": 8, "decoder": "maskgit"},
     # autoregressive: plain sampling, top-k
     "ar": {},
-    "ar-top-k5": {"prior": {"top_k": 5}},
+    "ar-top-k5": {"top_k": 5},
 }
 
 
@@ -172,25 +184,13 @@ def with_search_base(overrides):
 
 def search_base_config():
     """config/digits.toml under SEARCH_BASE, loaded: the recipe the recorded rows start from."""
-    cfg = load_config(REPO / "config" / "digits.toml", warn=False)
-    for section, values in SEARCH_BASE.items():
-        cfg = replace_section(cfg, section, **values)
-    return cfg
+    return load(DIGITS, SEARCH_BASE)
 
 
 def write_config(base, overrides, path, exp_name, runs_dir, data):
-    """config/digits.toml with `overrides` applied, as a TOML file (flat sections, our keys)."""
-    import tomllib
-
-    table = tomllib.loads(Path(base).read_text())
-    for section, values in overrides.items():
-        if isinstance(values, dict):
-            table.setdefault(section, {}).update(values)
-            table[section] = {k: v for k, v in table[section].items() if v is not None}
-        elif values is None:
-            table.pop(section, None)
-        else:
-            table[section] = values
+    """The config file `base` with `overrides` applied (bench.configs.edit), as a TOML file (flat
+    sections, our keys)."""
+    table = edit(read_toml(base), overrides)
     table["trainer"].update(exp_name=exp_name, runs_dir=str(runs_dir))
     table["data"]["root"] = str(data)
     table.pop("evaluation", None)  # scored here, at N = 1000, not while training
@@ -229,7 +229,7 @@ def draw(prior, sampling, n, batch_size, seed):
 def evaluator(data):
     train_split, eval_split = LatentDataset(data, "train"), LatentDataset(data, "eval")
     return TokenEvaluator(train_split.tokens, train_split.labels, eval_split.tokens, eval_split.labels,
-                          train_split.codebook_size, train_split.num_classes, cache_path=Path(data) / CACHE_NAME,
+                          train_split.codebook_size, train_split.num_classes, cache_dir=data,
                           log=lambda *a: None)
 
 
@@ -249,7 +249,7 @@ def run(args):
             if not todo:
                 continue
             exp = re.sub(r"[^A-Za-z0-9._-]+", "-", recipe).strip("-") + f"-s{seed}"
-            cfg = write_config(REPO / "config" / "digits.toml", with_search_base(RECIPES[recipe]),
+            cfg = write_config(DIGITS, with_search_base(RECIPES[recipe]),
                                work / f"{exp}.toml", exp, work / "runs", data)
             ckpt = work / "runs" / exp / "checkpoints" / "last.ckpt"
             train_seconds = None if ckpt.exists() and args.reuse else train(cfg, seed, args.threads)
@@ -257,16 +257,17 @@ def run(args):
             prior = load_prior(cfg, ckpt)
             for name in todo:
                 overrides = dict(SAMPLINGS[name])
-                prior.type = prior_type(replace_section(prior.cfg, "prior", **overrides.pop("prior", {})))
                 prior.precision = overrides.pop("precision", "32")
                 sampling = dataclasses.replace(prior.cfg.sampling, **overrides)
+                # the forwards a sample may take: the step budget; autoregressive, one per token
+                budget = getattr(sampling, "steps", math.prod(prior.latent_shape))
                 t0 = time.perf_counter()
                 tokens, labels, steps = draw(prior, sampling, args.n, args.batch_size, seed=1000 + seed)
                 seconds = time.perf_counter() - t0
                 rows = scorer.evaluate(tokens, labels, seed=seed)
                 record = {"recipe": recipe, "seed": seed, "sampling": name, "n": args.n,
                           "train_seconds": train_seconds, "sample_seconds": seconds,
-                          "mean_steps": float(steps.mean()), "steps_budget": sampling.steps,
+                          "mean_steps": float(steps.mean()), "steps_budget": budget,
                           "steps_histogram": {int(k): int(v) for k, v in zip(*np.unique(steps, return_counts=True))},
                           "rows": rows, "overrides": RECIPES[recipe], "sampling_overrides": SAMPLINGS[name]}
                 with open(args.out, "a") as f:

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The GPU benches issue 14 names, in one pass, each under its own time limit so that a slow or
-# failing one leaves the others' tables: bench/training.py's CUDA table (bf16-mixed; eager, then
-# with [trainer] compile) and bench/sampling.py on CUDA (speed with early stop on and off, where a
+# failing one leaves the others' tables: bench.training's CUDA table (bf16-mixed; eager, then
+# with [trainer] compile) and bench.sampling on CUDA (speed with early stop on and off, where a
 # 32x32 x 8192 step's time goes, bf16 against float32, compiled against eager). Logs go to OUT_DIR.
 #
-#   bash bench/gpu.sh [PY] [OUT_DIR] [DIGITS_CKPT]
+#   bash bench/gpu.sh [PY] [OUT_DIR] [DIGITS_CKPT]      (from the repository root: python -m bench.X)
 set -uo pipefail
 PY=${1:-python3}
 OUT_DIR=${2:-bench-gpu-out}
@@ -27,8 +27,8 @@ run() {  # run NAME SECONDS CMD...: the command's output in OUT_DIR/NAME.md, its
     cat "$OUT_DIR/$name.md"
 }
 
-[ -n "${SKIP_TRAINING:-}" ] || run training 170 "$PY" bench/training.py --device cuda
-run sampling 170 "$PY" bench/sampling.py --device cuda --digits-ckpt "$CKPT" \
+[ -n "${SKIP_TRAINING:-}" ] || run training 170 "$PY" -m bench.training --device cuda
+run sampling 170 "$PY" -m bench.sampling --device cuda --digits-ckpt "$CKPT" \
     --digits-samples 1000 --ffhq-samples 16 --ffhq-steps 20 ${SAMPLING_ARGS:-}
 [ -n "${SKIP_COMPILED_TRAINING:-}" ] ||  # digits only: each compilation takes over a minute
-    run training-compiled 150 "$PY" bench/training.py --device cuda --compile --rounds 1 --shapes digits
+    run training-compiled 150 "$PY" -m bench.training --device cuda --compile --rounds 1 --shapes digits

@@ -2,7 +2,7 @@
 
 Three priors over the same token grids, untrained (random weights: cost only, no quality):
 
-  sundae     the non-causal hourglass, iterated parallel denoising (priors.sundae.sample), with
+  sundae     the non-causal hourglass, iterated parallel denoising (priors.sundae), with
              early stopping and without
   absorbing  the same hourglass reading V + 1 tokens (the mask) and predicting V, sampled by
              Unleashing's sampler at S = 64 and 256 steps and by MaskGIT's decoding at 8 and 16
@@ -11,10 +11,12 @@ Three priors over the same token grids, untrained (random weights: cost only, no
 
 at two shapes: the digits models (8x8, V=17, config/digits.toml) and the FFHQ1024 shape
 (32x32, V=8192, hourglass [2, 10, 2] k=4, config/ffhq1024/ffhq1024-hourglass.toml) narrowed to
-a width a CPU can sample in minutes (--large-dim, default 128: 2 heads of 64).
+a width a CPU can sample in minutes (--large-dim, default 128: 2 heads of 64). Each model is
+built by the priors' registry from the SUNDAE config with its [prior] (and, for AR, its [net])
+switched (prior_configs), and sampled through its prior (priors.base.Prior.sample).
 
-    .venv/bin/python bench/priors.py            # full run: 12 min on 1 thread of 2 busy CPU cores
-    .venv/bin/python bench/priors.py --quick    # tiny sizes, one timed run (the test runs this)
+    .venv/bin/python -m bench.priors            # full run: 12 min on 1 thread of 2 busy CPU cores
+    .venv/bin/python -m bench.priors --quick    # tiny sizes, one timed run (the test runs this)
 
 Per row: forwards per sample (model calls each sample took part in, from the sampler's
 steps_used), token-positions per sample (the inputs those calls processed: h*w per grid
@@ -25,12 +27,12 @@ ms per forward per sample. At 32x32 the time of AR without the cache comes from 
 calls (ar_no_cache_seconds), which the 8x8 run checks against a whole run.
 
 (b) with --quality: quality, the same priors trained on digits with the digits config's budget
-(bench/digits_search.py's recipes "default", "absorbing", "autoregressive": the same data,
+(bench.digits_search's recipes "default", "absorbing", "autoregressive": the same data,
 steps, batch and learning rate, about the same parameter count), each sampled at N = 1000 (100
 per class) under its documented settings and scored by the evaluation harness; mean ± sd over
 --quality-seeds. Training runs are reused when their checkpoints exist.
 
-    .venv/bin/python bench/priors.py --quality --no-cost --quality-seeds 0 1   # ~25 min per prior per seed
+    .venv/bin/python -m bench.priors --quality --no-cost --quality-seeds 0 1   # ~25 min per prior per seed
 """
 import argparse
 import dataclasses
@@ -38,27 +40,19 @@ import math
 import os
 import sys
 import time
-from datetime import date
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python bench/priors.py` works
+from bench import digits_search
+from bench.configs import DIGITS, FFHQ1024, load, with_prior
+from bench.flops import counted_flops
+from bench.measure import MatmulProbe, header, load_average, timed
+from priors import build_model, prior_for
+from priors.autoregressive import filter_logits
+from priors.grids import sample_categorical
 
-from hourglass_transformer import HourglassTransformerLM  # noqa: E402
-from hourglass_transformer.causal import CausalTransformerLM  # noqa: E402
-from bench import digits_search  # noqa: E402
-from bench.backbone import machine as cpu_machine  # noqa: E402
-from priors.absorbing import sample_absorbing, sample_maskgit  # noqa: E402
-from priors.autoregressive import filter_logits, sample_autoregressive  # noqa: E402
-from priors.categorical import sample_categorical  # noqa: E402
-from training.config import load_config  # noqa: E402
-from priors.sundae import sample  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
 ABSORBING_STEPS = (64, 256)
 MASKGIT_STEPS = (8, 16)
 TRAINED = "†"  # marks the numbers that depend on how a trained model behaves
@@ -93,37 +87,23 @@ class Shape:
 
 def shapes(args):
     """The digits shape as configured, and the FFHQ1024 shape at CPU width (tiny in --quick)."""
-    digits = load_config(REPO / "config/digits.toml", warn=False)
-    ffhq = load_config(REPO / "config/ffhq1024/ffhq1024-hourglass.toml", warn=False)
-    ffhq.net = dataclasses.replace(ffhq.net, dim=args.large_dim, nb_heads=args.large_dim // args.large_dim_head,
-                                   dim_head=args.large_dim_head)
+    digits = load(DIGITS)
+    narrow = {"vqgan": None,
+              "net": {"dim": args.large_dim, "nb_heads": args.large_dim // args.large_dim_head,
+                      "dim_head": args.large_dim_head}}
     if args.quick:  # seconds, not minutes: a small grid and vocabulary, fewer SUNDAE steps
-        ffhq.data = dataclasses.replace(ffhq.data, latent_shape=[8, 8], vocab_size=256)
-        ffhq.sampling = dataclasses.replace(ffhq.sampling, steps=20)
+        narrow.update(data={"latent_shape": [8, 8], "vocab_size": 256}, sampling={"steps": 20})
+    ffhq = load(FFHQ1024, narrow)
     side = ffhq.data.latent_shape[0]
     return [Shape("digits", digits, args.digits_batch, args.repeats),
             Shape(f"ffhq1024-shape {side}x{side}, dim {args.large_dim}", ffhq, args.large_batch, args.large_repeats,
                   estimate_ar_no_cache=not args.measure_ar_no_cache)]
 
 
-def hourglass(shape, num_tokens, num_outputs=None):
-    """The [net] hourglass of the shape's config, reading num_tokens and giving num_outputs logits."""
-    net = shape.cfg.net
-    return HourglassTransformerLM(
-        num_tokens=num_tokens, num_outputs=num_outputs, dim=net.dim, depth=net.depth,
-        shorten_factor=net.shorten_factor, heads=net.nb_heads, dim_head=net.dim_head, ff_mult=net.ff_mult,
-        updown_sample_type=net.updown_sample_type, attn_resampling=net.attn_resampling,
-        attn_resampling_type=net.attn_resampling_type, resampling_layout=net.resampling_layout,
-        rotary_pos_emb=net.use_rotary, rotary_coords=net.rotary_coords, rotary_layout=net.rotary_layout,
-        num_classes=shape.num_classes, max_grid=shape.grid)
-
-
-def causal(shape, depth):
-    """A vanilla causal stack at the hourglass's width (dim, heads, dim_head, ff_mult)."""
-    net = shape.cfg.net
-    return CausalTransformerLM(num_tokens=shape.vocab, dim=net.dim, depth=depth, heads=net.nb_heads,
-                               dim_head=net.dim_head, ff_mult=net.ff_mult, rotary_pos_emb=net.use_rotary,
-                               rotary_coords=net.rotary_coords, num_classes=shape.num_classes)
+def ar_config(shape, depth):
+    """The AR prior of a shape: a causal vanilla stack of `depth` at the hourglass's width (dim,
+    heads, dim_head, ff_mult)."""
+    return with_prior(shape.cfg, "autoregressive", net={"type": "vanilla", "depth": depth})
 
 
 def count_params(model):
@@ -133,84 +113,77 @@ def count_params(model):
 def matched_depth(shape, target):
     """The AR depth at the same width whose parameter count is nearest `target`."""
     with torch.device("meta"):  # shapes only, no memory
-        one, two = count_params(causal(shape, 1)), count_params(causal(shape, 2))
+        one, two = (count_params(build_model(ar_config(shape, depth))) for depth in (1, 2))
     per_block = two - one  # the count is linear in depth: embeddings and head, then identical blocks
     return max(1, round((target - one) / per_block) + 1)
 
 
-def build_models(shape, seed):
-    """{prior: model} in eval mode, each initialised from its own explicit seed (torch's global
-    generator is restored afterwards: the caller's random state is not touched)."""
+def prior_configs(shape):
+    """{prior: config} at one shape: the shape's SUNDAE config, the same [net] as an absorbing
+    prior, and the AR prior whose depth matches the SUNDAE model's parameter count; [sampling]
+    is each prior's default (the rows set what they vary)."""
+    with torch.device("meta"):
+        sundae_params = count_params(build_model(shape.cfg))
+    return {"sundae": shape.cfg, "absorbing": with_prior(shape.cfg, "absorbing"),
+            "ar": ar_config(shape, matched_depth(shape, sundae_params))}
+
+
+def build_models(configs, seed):
+    """{prior: model} in eval mode, each built by the registry from its config and initialised
+    from its own explicit seed (torch's global generator is restored afterwards: the caller's
+    random state is not touched)."""
+    models = {}
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        sundae = hourglass(shape, shape.vocab).eval()
-        torch.manual_seed(seed + 1)
-        absorbing = hourglass(shape, shape.vocab + 1, num_outputs=shape.vocab).eval()
-        torch.manual_seed(seed + 2)
-        ar = causal(shape, matched_depth(shape, count_params(sundae))).eval()
+        for offset, (name, cfg) in enumerate(configs.items()):
+            torch.manual_seed(seed + offset)
+            models[name] = build_model(cfg).eval()
     # the absorbing model is the SUNDAE architecture plus one embedding row (the mask token)
-    assert count_params(absorbing) == count_params(sundae) + shape.cfg.net.dim
-    return {"sundae": sundae, "absorbing": absorbing, "ar": ar}
+    assert count_params(models["absorbing"]) == count_params(models["sundae"]) + configs["sundae"].net.dim
+    return models
 
 
 # --- the rows: one sampler configuration each ------------------------------------------------------
 
 
 class Row(NamedTuple):
-    prior: str  # key of build_models
+    prior: str  # key of prior_configs
     label: str
-    run: Callable  # (model, cond, generator) -> (seconds, steps_used (B,)) of sampling one batch
+    settings: object  # the prior's Sampling settings of this row
     fixed_forwards: Optional[int]  # forwards per sample when the sampler fixes them, else None
     trained: bool = False  # True when the forwards depend on a trained model's behaviour
     ar_cache: Optional[bool] = None  # AR rows: whether the KV cache is used; None for grid models
     estimated: bool = False  # True when the time comes from a fit, not from a whole sampling run
 
 
-def timed(sampler):
-    """A Row.run from a sampler (model, cond, generator) -> SampleResult: the wall time of one call."""
-    def run(model, cond, generator):
-        elapsed, result = seconds(lambda: sampler(model, cond, generator))
-        return elapsed, result.steps_used
-    return run
-
-
-def rows(shape):
+def rows(shape, configs):
     """Every sampler configuration of the cost table, at this shape."""
     h, w = shape.grid
     tokens = h * w
-    b, v = shape.batch, shape.vocab
-
-    def sundae(early_stop):
-        cfg = dataclasses.replace(shape.cfg.sampling, early_stop=early_stop)
-        return timed(lambda m, cond, g: sample(m, shape.grid, cfg, num_tokens=v, nb_samples=b, cond=cond,
-                                               generator=g))
-
-    def absorbing(steps):
-        return timed(lambda m, cond, g: sample_absorbing(m, shape.grid, num_tokens=v, steps=steps, nb_samples=b,
-                                                         cond=cond, generator=g))
-
-    def maskgit(steps):
-        return timed(lambda m, cond, g: sample_maskgit(m, shape.grid, num_tokens=v, steps=steps, nb_samples=b,
-                                                       cond=cond, generator=g))
-
-    def ar(use_cache):
-        return timed(lambda m, cond, g: sample_autoregressive(m, shape.grid, num_tokens=v, use_cache=use_cache,
-                                                              nb_samples=b, cond=cond, generator=g))
-
-    steps = shape.cfg.sampling.steps
-    out = [Row("sundae", "SUNDAE, early stop", sundae(True), None, trained=True),
-           Row("sundae", "SUNDAE, no early stop", sundae(False), steps)]
+    sundae, absorbing, ar = (configs[name].sampling for name in ("sundae", "absorbing", "ar"))
+    steps = sundae.steps
+    out = [Row("sundae", "SUNDAE, early stop", dataclasses.replace(sundae, early_stop=True), None, trained=True),
+           Row("sundae", "SUNDAE, no early stop", dataclasses.replace(sundae, early_stop=False), steps)]
     # Unleashing's sampler runs the model only for samples that reveal a token at that step, so its
     # forwards per sample are random (not model-dependent) and at most min(S, h*w)
-    out += [Row("absorbing", f"absorbing (Unleashing), S={s}", absorbing(s), None) for s in ABSORBING_STEPS]
-    out += [Row("absorbing", f"MaskGIT, S={s}", maskgit(s), min(s, tokens)) for s in MASKGIT_STEPS]
-    out.append(Row("ar", "AR, KV cache", ar(True), tokens, ar_cache=True))
-    if shape.estimate_ar_no_cache:
-        estimate = lambda m, cond, g: ar_no_cache_seconds(m, shape, cond, g)  # noqa: E731
-        out.append(Row("ar", "AR, no cache", estimate, tokens, ar_cache=False, estimated=True))
-    else:
-        out.append(Row("ar", "AR, no cache", ar(False), tokens, ar_cache=False))
+    out += [Row("absorbing", f"absorbing (Unleashing), S={s}",
+                dataclasses.replace(absorbing, steps=s, decoder="unleashing"), None) for s in ABSORBING_STEPS]
+    out += [Row("absorbing", f"MaskGIT, S={s}", dataclasses.replace(absorbing, steps=s, decoder="maskgit"),
+                min(s, tokens)) for s in MASKGIT_STEPS]
+    out.append(Row("ar", "AR, KV cache", dataclasses.replace(ar, use_cache=True), tokens, ar_cache=True))
+    out.append(Row("ar", "AR, no cache", dataclasses.replace(ar, use_cache=False), tokens, ar_cache=False,
+                   estimated=shape.estimate_ar_no_cache))
     return out
+
+
+def run_row(row, config, model, shape, cond, generator):
+    """(seconds, steps_used (B,)) of one batch of a row: a timed sampling run through the prior,
+    or for an estimated row ar_no_cache_seconds."""
+    if row.estimated:
+        return ar_no_cache_seconds(model, shape, cond, generator)
+    prior = prior_for(config)
+    elapsed, result = timed(lambda: prior.sample(model, shape.grid, row.settings, nb_samples=shape.batch, cond=cond,
+                                                 generator=generator), warmup=False)
+    return elapsed, result.steps_used
 
 
 def ar_no_cache_seconds(model, shape, cond, generator, points=24):
@@ -233,7 +206,7 @@ def ar_no_cache_seconds(model, shape, cond, generator, points=24):
             def call():
                 logits = model.forward_step(prefix[:, :n], cond, grid=shape.grid)[:, -1]  # noqa: B023
                 sample_categorical(filter_logits(logits.float()), generator=generator)
-            times.append(seconds(call)[0])
+            times.append(timed(call, warmup=False)[0])
     x = ns.double()
     design = torch.stack([torch.ones_like(x), x, x * x], dim=1)  # (points, 3)
     coef = torch.linalg.lstsq(design, torch.tensor(times, dtype=torch.float64)[:, None]).solution[:, 0]
@@ -249,13 +222,6 @@ def absorbing_expected_forwards(steps, tokens):
 
 
 # --- FLOPs ----------------------------------------------------------------------------------------
-
-
-def counted_flops(fn):
-    """FLOPs of fn() by FlopCounterMode; the math attention backend, whose matmuls it sees."""
-    with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def grid_forward_flops(model, shape):
@@ -312,20 +278,6 @@ def positions_per_sample(row, shape, forwards):
 # --- measuring ------------------------------------------------------------------------------------
 
 
-def seconds(fn):
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
-
-
-def matmul_flops_per_s(n=2048, repeats=5):
-    """This machine's float32 throughput on an n x n @ n x n matmul, FLOP/s."""
-    gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-    a @ b  # warm-up
-    return 2 * n**3 / min(seconds(lambda: a @ b)[0] for _ in range(repeats))
-
-
 def warm_up(models, shape, cond):
     """One batch through every code path (grid forward, cached and uncached AR steps): allocator
     and kernel caches are then warm, without paying for a whole sampling run of each row."""
@@ -348,17 +300,19 @@ def measure_shape(shape, seed):
     run of each row is kept: other processes can only add time, and a burst of their load then
     spoils one run of each row, not one row.
     """
-    models = build_models(shape, seed)
+    configs = prior_configs(shape)
+    models = build_models(configs, seed)
     cond_gen = torch.Generator().manual_seed(seed)
     cond = torch.randint(shape.num_classes, (shape.batch,), generator=cond_gen) if shape.num_classes else None
     warm_up(models, shape, cond)
-    table = rows(shape)
+    table = rows(shape, configs)
     best, forwards = {r.label: math.inf for r in table}, {}
     fit_check = math.inf  # where AR without the cache is run whole, the fit's estimate of it checks the fit
     for repeat in range(shape.repeats):
         for r in table:
             print(f"  {shape.name}: {r.label} (run {repeat + 1}/{shape.repeats}) ...", file=sys.stderr, flush=True)
-            elapsed, steps_used = r.run(models[r.prior], cond, torch.Generator().manual_seed(seed))
+            elapsed, steps_used = run_row(r, configs[r.prior], models[r.prior], shape, cond,
+                                          torch.Generator().manual_seed(seed))
             best[r.label] = min(best[r.label], elapsed)
             forwards[r.label] = steps_used.double().mean().item()
             if r.fixed_forwards is not None and not (steps_used == r.fixed_forwards).all():
@@ -382,10 +336,6 @@ def measure_shape(shape, seed):
 
 
 # --- report ---------------------------------------------------------------------------------------
-
-
-def machine():
-    return f"{cpu_machine(torch.device('cpu'))}, {os.cpu_count()} cores"
 
 
 def print_params(measured):
@@ -473,7 +423,7 @@ def print_notes(measured):
           "which the fused CPU kernel that the timings use partly skips.")
 
 
-# (b): each prior's recipe in bench/digits_search.py and the samplings scored on it
+# (b): each prior's recipe in bench.digits_search and the samplings scored on it
 QUALITY = {"default": ["default", "paper rule"],
            "absorbing": ["unleashing64", "unleashing32", "maskgit12", "maskgit8"],
            "autoregressive": ["ar", "ar-top-k5"]}
@@ -525,23 +475,23 @@ def parse_args(argv):
 
 def cost_section(args):
     """(a): every row at both shapes, with the matmul throughput measured before, between and after."""
-    matmul = [matmul_flops_per_s()]
+    matmul = MatmulProbe("cpu")
+    matmul.measure()
     measured = {}
     for shape in shapes(args):
         print(f"measuring {shape.name} ...", file=sys.stderr, flush=True)
         measured[shape] = measure_shape(shape, args.seed)
-        matmul.append(matmul_flops_per_s())
-    peak = max(matmul)
-    print(f"matmul throughput (2048x2048 float32): {peak / 1e9:.0f} GFLOP/s (lowest of {len(matmul)} "
-          f"measurements during the run: {min(matmul) / 1e9:.0f})")
+        matmul.measure()
+    peak = matmul.best
+    print(matmul.summary())
     print()
     print_params(measured)
     for shape, (results, _, _) in measured.items():
         print_cost(shape, results, peak)
     print_notes(measured)
-    if min(matmul) < 0.9 * peak:
-        print(f"\nWARNING: matmul throughput varied by {100 * (1 - min(matmul) / peak):.0f}% during the run: "
-              "other processes competed for the machine; compare rows of one run only")
+    warning = matmul.warning(advice="compare rows of one run only")
+    if warning:
+        print(f"\n{warning}")
     return measured
 
 
@@ -550,9 +500,7 @@ def main(argv=None):
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)  # explicit: the timings depend on it, and the header states it
     try:
-        load = os.getloadavg()
-        print(f"# {date.today()}  {machine()}  torch {torch.__version__}  "
-              f"load avg {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1, 5, 15 min) at the start")
+        print(f"{header('cpu', 'float32')} at the start")
         print(f"# {'quick' if args.quick else 'full'} run; seed {args.seed}; untrained models (cost only); "
               "absorbing, MaskGIT and AR at temperature 1 (AR without top-k/top-p), MaskGIT choice temperature 4.5")
         started = time.perf_counter()
@@ -560,9 +508,7 @@ def main(argv=None):
             cost_section(args)
         if args.quality:
             quality_section(args)
-        load = os.getloadavg()
-        print(f"\n# run took {time.perf_counter() - started:.0f} s; load avg at the end {load[0]:.2f} {load[1]:.2f} "
-              f"{load[2]:.2f}")
+        print(f"\n# run took {time.perf_counter() - started:.0f} s; load avg at the end {load_average()}")
     finally:
         torch.set_num_threads(threads)
     return 0

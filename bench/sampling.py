@@ -9,80 +9,62 @@
   3. inference precision: float32 against bfloat16 autocast (--precision bf16);
   4. compiled sampling (--compile): eager against torch.compile, with the compile time.
 
-    python bench/sampling.py [--digits-ckpt PATH] [--device cpu|cuda] [--quick]
+    python -m bench.sampling [--digits-ckpt PATH] [--device cpu|cuda] [--quick]
+
+Every model is built by the priors' registry from its config (or loaded from the digits
+checkpoint), and sampled through its prior (priors.base.Prior.sample) with the config's
+[sampling] settings, edited per row.
 """
 import argparse
 import dataclasses
-import os
-import platform
-import sys
-import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # so `python bench/sampling.py` works
-from infra.devices import configure_threads  # noqa: E402
-from infra.precision import inference_precision  # noqa: E402
-from priors.categorical import sample_categorical  # noqa: E402
-from training.checkpoint import load_denoiser  # noqa: E402
-from training.config import load_config  # noqa: E402
-from priors.base import Bucketed, build_denoiser  # noqa: E402
-from priors.sundae import sample  # noqa: E402
+from bench.configs import DIGITS, FFHQ1024, REPO, load
+from bench.measure import header, load_average, timed
+from infra.devices import configure_threads
+from infra.precision import inference_precision
+from priors import build_model, prior_for
+from priors.base import Bucketed
+from priors.grids import sample_categorical
+from training.checkpoint import load_denoiser
 
 
-def timed(fn, repeats, device):
-    """The fastest of `repeats` calls of fn (after one warm-up), in seconds, and fn's last result.
-    On CUDA the clock stops after the device has finished (kernels run asynchronously)."""
-    def finished():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    result = fn()
-    best = float("inf")
-    for _ in range(repeats):
-        finished()
-        start = time.perf_counter()
-        result = fn()
-        finished()
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
-
-def draw(model, shape, vocab, cfg, n, device, classes=None, seed=0, precision="32"):
+def draw(model, cfg, settings, n, device, seed=0, precision="32"):
+    """n samples of `model` (the prior of `cfg`) with `settings`, classes drawn at random for a
+    conditional model, from one seed."""
+    prior = prior_for(cfg)
     g = torch.Generator(device=device).manual_seed(seed)
-    cond = torch.randint(classes, (n,), generator=g, device=device) if classes else None
+    cond = torch.randint(prior.num_classes, (n,), generator=g, device=device) if prior.num_classes else None
     with inference_precision(device, precision):
-        return sample(model, shape, cfg, num_tokens=vocab, nb_samples=n, cond=cond, generator=g, device=device)
+        return prior.sample(model, cfg.latent_shape, settings, nb_samples=n, cond=cond, generator=g, device=device)
 
 
 def ffhq_shape(dim):
     """The FFHQ1024 config at CPU width: 32x32 latents, vocabulary 8192, [2, 10, 2], k=4."""
-    cfg = load_config(REPO / "config/ffhq1024/ffhq1024-hourglass.toml", warn=False)
-    cfg.net = dataclasses.replace(cfg.net, dim=dim, nb_heads=max(1, dim // 64), dim_head=64)
-    return cfg
+    return load(FFHQ1024, {"vqgan": None, "net": {"dim": dim, "nb_heads": max(1, dim // 64), "dim_head": 64}})
 
 
 def speed_table(args, device):
     """Samples/s and mean steps used, early stop on and off."""
     rows = []
-    digits = load_config(REPO / "config/digits.toml", warn=False)
+    digits = load(DIGITS)
     if Path(args.digits_ckpt).is_file():
         model, note = load_denoiser(args.digits_ckpt, digits, device=device), "trained"
     else:
-        model, note = build_denoiser(digits, device).eval(), "untrained: run make demo first"
+        model, note = build_model(digits, device).eval(), "untrained: run make demo first"
     for early in (True, False):
         cfg = dataclasses.replace(digits.sampling, early_stop=early)
         n = args.digits_samples
-        seconds, result = timed(lambda: draw(model, (8, 8), 17, cfg, n, device, classes=10), args.repeats, device)
+        seconds, result = timed(lambda: draw(model, digits, cfg, n, device), args.repeats, device)
         rows.append((f"digits 8x8 ({note})", early, cfg.steps, n / seconds, result.steps_used.float().mean().item()))
     ffhq = ffhq_shape(args.dim)
-    model = build_denoiser(ffhq, device).eval()
+    model = build_model(ffhq, device).eval()
     for early in (True, False):
         cfg = dataclasses.replace(ffhq.sampling, early_stop=early, steps=args.ffhq_steps)
         n = args.ffhq_samples
-        seconds, result = timed(lambda: draw(model, (32, 32), 8192, cfg, n, device), 1, device)
+        seconds, result = timed(lambda: draw(model, ffhq, cfg, n, device), 1, device)
         rows.append((f"ffhq1024 shape 32x32, dim {args.dim} (untrained)", early, cfg.steps, n / seconds,
                      result.steps_used.float().mean().item()))
     print("| model | early stop | max steps | samples/s | mean steps used |\n|---|---|---|---|---|")
@@ -96,7 +78,7 @@ def step_split(args, device):
     bookkeeping; the head and the draw over every position (as before) and over the positions the
     step updates (the sampler now: a proportion p of them, the config's first-step proportion)."""
     cfg = ffhq_shape(args.dim)
-    model = build_denoiser(cfg, device).eval()
+    model = build_model(cfg, device).eval()
     n = args.ffhq_samples
     x = torch.randint(8192, (n, 32, 32), device=device)
     g = torch.Generator(device=device).manual_seed(0)
@@ -116,7 +98,8 @@ def step_split(args, device):
         f"categorical draw, the updated positions (p = {p})": lambda: sample_categorical(logits_at.float(), generator=g),
     }
     one_step = dataclasses.replace(cfg.sampling, steps=1, early_stop=False)
-    whole, _ = timed(lambda: sample(model, x, one_step, num_tokens=8192, generator=g, device=device), args.repeats, device)
+    prior = prior_for(cfg)
+    whole, _ = timed(lambda: prior.sample(model, x, one_step, generator=g, device=device), args.repeats, device)
     times = {name: timed(fn, args.repeats, device)[0] for name, fn in parts.items()}
     now = [name for name in times if "every position" not in name]
     times["bookkeeping (proportion mask, updates)"] = max(0.0, whole - sum(times[name] for name in now))
@@ -133,13 +116,13 @@ def step_split(args, device):
 def precision_table(args, device):
     """float32 against bf16 autocast, fixed steps (early stop off), 32x32 x 8192."""
     cfg = ffhq_shape(args.dim)
-    model = build_denoiser(cfg, device).eval()
+    model = build_model(cfg, device).eval()
     sampling = dataclasses.replace(cfg.sampling, steps=args.ffhq_steps, early_stop=False)
     n = args.ffhq_samples
     times = {}
     for _ in range(args.repeats):  # interleaved, so both see the same load
         for precision in ("32", "bf16"):
-            seconds, _ = timed(lambda: draw(model, (32, 32), 8192, sampling, n, device, precision=precision), 1, device)
+            seconds, _ = timed(lambda: draw(model, cfg, sampling, n, device, precision=precision), 1, device)
             times[precision] = min(times.get(precision, float("inf")), seconds)
     print(f"| precision | samples/s (32x32 x 8192, dim {args.dim}, {sampling.steps} steps, batch {n}) | speed-up |")
     print("|---|---|---|")
@@ -150,18 +133,17 @@ def precision_table(args, device):
 @torch.no_grad()
 def compile_table(args, device):
     """Eager against torch.compile (bucketed batches), digits shape: steady state and compile time."""
-    digits = load_config(REPO / "config/digits.toml", warn=False)
-    model = build_denoiser(digits, device).eval()
+    digits = load(DIGITS)
+    model = build_model(digits, device).eval()
     sampling = dataclasses.replace(digits.sampling, early_stop=False)
     n = args.digits_samples
     compiled = Bucketed(model, max_batch=n)
-    start = time.perf_counter()
-    draw(compiled, (8, 8), 17, sampling, n, device, classes=10)  # compiles the batch's bucket
-    compile_seconds = time.perf_counter() - start
+    # the first call compiles the batch's bucket
+    compile_seconds, _ = timed(lambda: draw(compiled, digits, sampling, n, device), device=device, warmup=False)
     times = {}
     for _ in range(args.repeats):
         for name, m in (("eager", model), ("compiled", compiled)):
-            seconds, _ = timed(lambda: draw(m, (8, 8), 17, sampling, n, device, classes=10), 1, device)
+            seconds, _ = timed(lambda: draw(m, digits, sampling, n, device), 1, device)
             times[name] = min(times.get(name, float("inf")), seconds)
     print(f"| digits 8x8, {sampling.steps} steps, batch {n} | samples/s | speed-up |\n|---|---|---|")
     for name, seconds in times.items():
@@ -188,14 +170,13 @@ def main(argv=None):
     configure_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, device {device}, load {os.getloadavg()[0]:.2f}")
+    print(header(device))
     speed_table(args, device)
     step_split(args, device)
     precision_table(args, device)
     if not (args.quick or args.no_compile):
         compile_table(args, device)
-    print(f"load at the end {os.getloadavg()[0]:.2f}")
+    print(f"load at the end {load_average()}")
 
 
 if __name__ == "__main__":

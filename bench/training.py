@@ -15,19 +15,19 @@ hourglass [2, 10, 2] with k=4, dim 256, 4 heads of 64, a small batch). Per shape
 - **steps/s, tokens/s** of the Lightning step (tokens = batch * h * w grid positions per step).
 - **% matmul**: FLOP/s of the Lightning step over this machine's matmul throughput measured in the
   same run with the same threads (a 2048x2048 float32 matmul on CPU, 8192x8192 bf16 on CUDA,
-  `bench.backbone.matmul_flops_per_s`; the best of the measurements before and after each shape).
-  FLOPs are counted as `bench/backbone.py` counts them (`count_flops`, matmuls only, 2 per
-  multiply-add): one step of the unrolled loss is T forwards and T backwards of the denoiser,
-  a backward counted as 2 forwards, so 3 * T * count_flops(model, h, w, batch).
+  `bench.measure.MatmulProbe`; the best of the measurements before and after each shape).
+  FLOPs are counted by `bench.flops.count_flops` (matmuls only, 2 per multiply-add): one step of
+  the unrolled loss is T forwards and T backwards of the denoiser, a backward counted as 2
+  forwards, so 3 * T * count_flops(model, h, w, batch).
 
 Timings are the fastest block of consecutive steps after a warm-up, over rounds that alternate
 Lightning and raw runs (other processes can only add time). The data are random tokens of the
 shape's vocabulary (the step's cost does not depend on their values).
 
-    .venv/bin/python bench/training.py            # CPU float32 table; a CUDA bf16 table too on a GPU
-    .venv/bin/python bench/training.py --device cuda   # the CUDA table alone
-    .venv/bin/python bench/training.py --quick    # a few steps per shape (for tests)
-    SUNDAE_THREADS=2 .venv/bin/python bench/training.py   # threads: infra.devices.configure_threads
+    .venv/bin/python -m bench.training            # CPU float32 table; a CUDA bf16 table too on a GPU
+    .venv/bin/python -m bench.training --device cuda   # the CUDA table alone
+    .venv/bin/python -m bench.training --quick    # a few steps per shape (for tests)
+    SUNDAE_THREADS=2 .venv/bin/python -m bench.training   # threads: infra.devices.configure_threads
 """
 import argparse
 import contextlib
@@ -35,32 +35,27 @@ import dataclasses
 import io
 import logging
 import math
-import os
 import sys
 import tempfile
 import time
 import warnings
-from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytorch_lightning as pl
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python bench/training.py` works
+from bench.configs import DIGITS, FFHQ1024, load
+from bench.flops import count_flops
+from bench.measure import MatmulProbe, header, matmul_label, sync
+from infra.data import step_generator
+from infra.devices import configure_threads, resolve_devices
+from infra.runs import stop_if_not_finite
+from infra.trainer import build_trainer
+from priors import build_model
+from training.config import replace_section
+from training.module import LatentDataModule, PriorModule
 
-import pytorch_lightning as pl  # noqa: E402
-
-from bench.backbone import count_flops, machine, matmul_flops_per_s  # noqa: E402
-from infra.data import step_generator  # noqa: E402
-from infra.devices import configure_threads, resolve_devices  # noqa: E402
-from infra.runs import stop_if_not_finite  # noqa: E402
-from infra.trainer import build_trainer  # noqa: E402
-from training.config import load_config, replace_section  # noqa: E402
-from training.module import LatentDataModule, PriorModule  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-DIGITS_CONFIG = REPO / "config" / "digits.toml"
-FFHQ_CONFIG = REPO / "config" / "ffhq1024" / "ffhq1024-hourglass.toml"
 FFHQ_CPU_NET = dict(dim=256, nb_heads=4, dim_head=64, depth=[2, 10, 2], shorten_factor=4)
 
 
@@ -74,15 +69,13 @@ class Shape:
 
 
 def shapes(args, cuda):
-    """The digits config as shipped, and FFHQ1024's at CPU width (its batch from --ffhq-batch)."""
-    digits = load_config(DIGITS_CONFIG, warn=False)
-    ffhq = load_config(FFHQ_CONFIG, warn=False)
-    ffhq = dataclasses.replace(replace_section(ffhq, "net", **FFHQ_CPU_NET), vqgan=None, evaluation=None)
+    """The digits config as shipped, and FFHQ1024's at CPU width (its batch from --ffhq-batch);
+    eager steps (the shipped compile = 'auto' pinned), compiled ones too with --compile."""
+    trainer = {"precision": "bf16-mixed" if cuda else "32", "compile": False}
     ffhq_batch = args.ffhq_batch or (16 if cuda else 1 if args.quick else 2)
-    ffhq = replace_section(ffhq, "trainer", batch_size=ffhq_batch,
-                           precision="bf16-mixed" if cuda else "32")
-    digits = dataclasses.replace(replace_section(digits, "trainer", precision="bf16-mixed" if cuda else "32"),
-                                 evaluation=None)
+    ffhq = load(FFHQ1024, {"net": FFHQ_CPU_NET, "vqgan": None, "evaluation": None,
+                           "trainer": {**trainer, "batch_size": ffhq_batch}})
+    digits = load(DIGITS, {"evaluation": None, "trainer": trainer})
     q = args.quick
     found = [Shape("digits", digits, 3 if q else 10, 3 if q else 10, 2 if q else 4),
              Shape("ffhq1024-cpu-width", ffhq, 1 if q else 2, 1 if q else 2, 1 if q else 3)]
@@ -183,8 +176,7 @@ def raw_step_s(shape, device, run_dir):
 
         module.optimizer_step(0, step, optimizer, closure)
         scheduler.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         ends.append(time.perf_counter())
     periods = [b - a for a, b in zip(ends, ends[1:])]
     return fastest_block(periods, shape.warmup, shape.block)
@@ -193,41 +185,41 @@ def raw_step_s(shape, device, run_dir):
 def step_flops(cfg, model):
     """3 * T * forward FLOPs: T forwards and T backwards (each 2 forwards) of the unrolled loss."""
     h, w = cfg.data.latent_shape
-    return 3 * cfg.unroll_steps * count_flops(model, h, w, cfg.trainer.batch_size)
+    return 3 * cfg.prior.unroll_steps * count_flops(model, h, w, cfg.trainer.batch_size)
 
 
-def measure(shape, device, rounds, matmul_n, matmul_dtype):
+def measure(shape, device, rounds):
     """Timings of one shape: Lightning and raw runs alternating over `rounds`, the fastest kept."""
-    matmul = [matmul_flops_per_s(device, matmul_dtype, matmul_n, repeats=5)]
+    matmul = MatmulProbe(device)
+    matmul.measure()
     lightning, raw = math.inf, math.inf
     with tempfile.TemporaryDirectory(prefix="bench-training-") as run_dir:
         for _ in range(rounds):
             lightning = min(lightning, lightning_step_s(shape, device, run_dir))
             raw = min(raw, raw_step_s(shape, device, run_dir))
-    matmul.append(matmul_flops_per_s(device, matmul_dtype, matmul_n, repeats=5))
+    matmul.measure()
     cfg = shape.cfg
-    model = PriorModule(cfg).model
+    model = build_model(cfg)
     h, w = cfg.data.latent_shape
     flops = step_flops(cfg, model)
     tokens = cfg.trainer.batch_size * h * w
-    peak = max(matmul)
+    peak = matmul.best
     return dict(shape=shape.name, batch=cfg.trainer.batch_size, grid=f"{h}x{w}", vocab=cfg.data.vocab_size,
                 params=sum(p.numel() for p in model.parameters()), gflop=flops / 1e9, raw_ms=1e3 * raw,
                 lightning_ms=1e3 * lightning, overhead_ms=1e3 * (lightning - raw), steps_s=1 / lightning,
-                tokens_s=tokens / lightning, matmul_gflop_s=peak / 1e9, matmul_low_gflop_s=min(matmul) / 1e9,
-                fraction=flops / lightning / peak, raw_fraction=flops / raw / peak)
+                tokens_s=tokens / lightning, matmul_gflop_s=peak / 1e9, matmul_low_gflop_s=matmul.lowest / 1e9,
+                fraction=flops / lightning / peak, raw_fraction=flops / raw / peak,
+                warning=matmul.warning(f"around {shape.name}"))
 
 
-def print_table(rows, device, threads, rounds, matmul_n, matmul_dtype):
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+def print_table(rows, device, threads, rounds):
     precision = "bf16-mixed" if device.type == "cuda" else "float32"
-    print(f"# {date.today()}  {machine(device)}  torch {torch.__version__}  Lightning {pl.__version__}  "
-          f"load avg {load:.2f}")
+    print(header(device, precision, versions=[f"Lightning {pl.__version__}"]))
     print(f"# {precision}; threads: {threads.intra_op} intra-op, {threads.inter_op} inter-op ({threads.source}); "
           f"fastest block over {rounds} alternating rounds; Lightning = real trainer.fit step, raw = the same "
           f"work without Lightning")
     print(f"# FLOPs per step = 3 * T * count_flops (T forwards + T backwards of the unrolled loss, "
-          f"T = unroll_steps); matmul throughput {matmul_n}x{matmul_n} {str(matmul_dtype)[6:]}, same threads")
+          f"T = unroll_steps); matmul throughput {matmul_label(device)}, same threads")
     print()
     print("| shape | grid | vocab | batch | params | GFLOP/step | raw ms/step | Lightning ms/step | Lightning overhead ms | "
           "steps/s | tokens/s | matmul GFLOP/s | % matmul (Lightning) | % matmul (raw) |")
@@ -239,9 +231,8 @@ def print_table(rows, device, threads, rounds, matmul_n, matmul_dtype):
               f"{r['tokens_s']:.0f} | {r['matmul_gflop_s']:.0f} | {100 * r['fraction']:.2g}% | "
               f"{100 * r['raw_fraction']:.2g}% |")  # 2 significant digits: a GPU's can be 0.015%
     for r in rows:
-        if r["matmul_low_gflop_s"] < 0.9 * r["matmul_gflop_s"]:
-            print(f"\nWARNING: matmul throughput varied by {100 * (1 - r['matmul_low_gflop_s'] / r['matmul_gflop_s']):.0f}% "
-                  f"around {r['shape']}: other processes competed for the machine; rerun when it is quiet")
+        if r["warning"]:
+            print(f"\n{r['warning']}")
     digits = [r for r in rows if r["shape"] == "digits"]
     if digits and device.type == "cpu":
         fraction = digits[0]["fraction"]
@@ -271,23 +262,22 @@ def main(argv=None):
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning").setLevel(logging.ERROR)
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("bench/training.py: --device cuda: no CUDA device is available", file=sys.stderr)
+        print("bench.training: --device cuda: no CUDA device is available", file=sys.stderr)
         sys.exit(2)
     names = {"cpu": ["cpu"], "cuda": ["cuda"], "all": ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]}
     devices = [torch.device(name) for name in names[args.device]]
     results = {}
     for device in devices:
         cuda = device.type == "cuda"
-        matmul_n, matmul_dtype = (8192, torch.bfloat16) if cuda else (2048, torch.float32)
         if cuda:
             torch.set_float32_matmul_precision("high")
         rows = []
         for shape in shapes(args, cuda):
             print(f"measuring {shape.name} on {device.type} ...", file=sys.stderr, flush=True)
-            rows.append(measure(shape, device, args.rounds, matmul_n, matmul_dtype))
+            rows.append(measure(shape, device, args.rounds))
         if cuda:
             print("\n## CUDA (bf16-mixed)\n")
-        print_table(rows, device, threads, args.rounds, matmul_n, matmul_dtype)
+        print_table(rows, device, threads, args.rounds)
         results[device.type] = rows
     return results
 

@@ -1,11 +1,14 @@
-"""bench/backbone.py: the analytic FLOP count agrees with torch's own counter."""
+"""bench.backbone and bench.flops: the models come from the FFHQ1024 config through the registry,
+and the analytic FLOP count agrees with torch's own counter."""
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.backbone import count_flops
+from bench.backbone import HOURGLASS_DEPTH, NUM_TOKENS, VANILLA_DEPTH, model_configs
+from bench.flops import count_flops, counted_flops
 from hourglass_transformer import HourglassTransformerLM
+from priors import build_model
 
 
 @pytest.mark.parametrize(
@@ -26,3 +29,17 @@ def test_count_flops_matches_torch_flop_counter(kw):
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(tokens)
     assert count_flops(model, h, w, batch=3) == counter.get_total_flops()
+    assert counted_flops(lambda: model(tokens)) == counter.get_total_flops()  # the helper counts the same
+
+
+def test_the_two_models_are_the_registry_models_of_their_configs():
+    """The hourglass and the vanilla stack of the table, built by the registry from the FFHQ1024
+    config at bench width, are the bare backbones the README describes, weight for weight."""
+    width = dict(num_tokens=NUM_TOKENS, dim=64, heads=2, dim_head=32, ff_mult=4)
+    for name, depth in (("hourglass", HOURGLASS_DEPTH), ("vanilla", VANILLA_DEPTH)):
+        cfg = model_configs(dim=64, heads=2, dim_head=32)[name]
+        torch.manual_seed(0)
+        ours = build_model(cfg).state_dict()
+        torch.manual_seed(0)
+        bare = HourglassTransformerLM(depth=depth, shorten_factor=4, **width).state_dict()
+        assert ours.keys() == bare.keys() and all(torch.equal(ours[k], bare[k]) for k in ours), name

@@ -1,10 +1,13 @@
-"""bench/digits_search.py and bench/ablations.py: every recipe writes a config the one reader
+"""bench.digits_search and bench.ablations: every recipe writes a config the one reader
 accepts, with the overrides it names; the report restricts, orders and relates rows to real data."""
+import dataclasses
 import json
 
 import pytest
 
 from bench import ablations, digits_search
+from priors.absorbing import AbsorbingSampling
+from priors.autoregressive import AutoregressiveSampling
 from training.config import load_config
 from tests.helpers import REPO
 
@@ -19,9 +22,11 @@ def written(tmp_path, name, overrides):
 
 
 def test_recipes_override_the_fixed_search_base_not_the_shipped_config(tmp_path):
-    # the recorded rows' "default": 6000 steps of the [2, 4, 2] hourglass at 1e-3, whatever ships
+    # the recorded rows' "default": 6000 steps of the [2, 4, 2] hourglass at 1e-3 with attention in
+    # its resampling, trained eagerly (as they were recorded), whatever ships
     default = written(tmp_path, "d", digits_search.RECIPES["default"])
     assert (default.trainer.max_steps, default.trainer.learning_rate, tuple(default.net.depth)) == (6000, 1e-3, (2, 4, 2))
+    assert default.net.attn_resampling is True and default.trainer.compile is False
     loaded = digits_search.search_base_config()  # the same base, loaded (what the ablations start from)
     assert vars(loaded.trainer) | {"exp_name": None, "runs_dir": None} == vars(default.trainer) | {"exp_name": None,
                                                                                                  "runs_dir": None}
@@ -36,7 +41,7 @@ def test_the_shipped_recipe_is_config_digits_as_shipped(tmp_path):
         ours, theirs = vars(getattr(shipped, section)), vars(getattr(config, section))
         ignore = {"exp_name", "runs_dir", "root"}
         assert {k: v for k, v in ours.items() if k not in ignore} == {k: v for k, v in theirs.items() if k not in ignore}
-    assert shipped.unroll_steps == config.unroll_steps
+    assert shipped.prior == config.prior  # the sundae prior, unroll_steps included
 
 
 @pytest.mark.parametrize("recipe", list(digits_search.RECIPES))
@@ -53,14 +58,29 @@ def test_every_search_recipe_is_a_valid_config_with_its_overrides(tmp_path, reci
 
 
 def test_the_other_priors_drop_sundae_only_settings(tmp_path):
+    # digits.toml's [sampling] is the sundae prior's; each other prior reads its own defaults and
+    # the recipe's values (a sundae-only key left in would be refused by the config reader)
     absorbing = written(tmp_path, "a", digits_search.RECIPES["absorbing"])
-    assert absorbing.prior.type == "absorbing" and absorbing.sampling.freeze_threshold == 0.0  # the default, not 0.05
+    assert absorbing.prior.type == "absorbing"
+    assert absorbing.sampling == AbsorbingSampling(nb_samples=64, steps=64, temperature=1.0)
     ar = written(tmp_path, "b", digits_search.RECIPES["autoregressive"])
-    assert ar.prior.type == "autoregressive" and ar.net.type == "vanilla"
+    assert ar.prior.type == "autoregressive" and (ar.net.type, ar.net.depth) == ("vanilla", 9)
+    assert ar.sampling == AutoregressiveSampling(nb_samples=64, temperature=1.0)
+
+
+@pytest.mark.parametrize("recipe, samplings", [("absorbing", ["unleashing64", "unleashing32", "maskgit12", "maskgit8"]),
+                                               ("autoregressive", ["ar", "ar-top-k5"])])
+def test_the_other_priors_samplings_are_their_sampling_settings(tmp_path, recipe, samplings):
+    """Each sampling the search scores on a prior's recipe is a valid settings object of that prior."""
+    cfg = written(tmp_path, "x", digits_search.RECIPES[recipe])
+    for name in samplings:
+        overrides = {k: v for k, v in digits_search.SAMPLINGS[name].items() if k != "precision"}
+        settings = dataclasses.replace(cfg.sampling, **overrides)
+        assert {k: getattr(settings, k) for k in overrides} == overrides
 
 
 def test_ablations_share_one_budget_when_asked(tmp_path, monkeypatch):
-    search = ablations.digits_search  # the module ablations fills in (imported by its own path)
+    search = ablations.digits_search  # the module ablations fills in
     monkeypatch.setattr(search, "RECIPES", dict(search.RECIPES))
     monkeypatch.setattr(search, "SAMPLINGS", dict(search.SAMPLINGS))
     monkeypatch.setattr(ablations, "equal_flops_depth", lambda base: 7)
@@ -68,9 +88,14 @@ def test_ablations_share_one_budget_when_asked(tmp_path, monkeypatch):
     for name in ablations.TRAINING:
         cfg = written(tmp_path, "x", search.RECIPES[name])
         assert (cfg.trainer.max_steps, cfg.trainer.learning_rate) == (1234, 5e-4), name
-    assert written(tmp_path, "x", search.RECIPES["unroll T=3"]).unroll_steps == 3
+    assert written(tmp_path, "x", search.RECIPES["unroll T=3"]).prior.unroll_steps == 3
     vanilla = written(tmp_path, "x", search.RECIPES["vanilla, equal FLOPs"])
     assert (vanilla.net.type, vanilla.net.depth) == ("vanilla", 7)
+
+
+def test_the_vanilla_ablation_has_the_recorded_equal_flops_depth():
+    # bench/results/ablations.jsonl trained "vanilla, equal FLOPs" at depth 6
+    assert ablations.equal_flops_depth(digits_search.search_base_config()) == 6
 
 
 def record(recipe, sampling, seed, fd, real_fd=50.0):

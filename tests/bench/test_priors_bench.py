@@ -1,5 +1,5 @@
-"""bench/priors.py: the quick run prints every row with sane numbers, and its FLOP counts agree
-with torch's counter over whole sampling runs."""
+"""bench.priors: the quick run prints every row with sane numbers, its models are the registry's
+at equal parameter count, and its FLOP counts agree with torch's counter over whole sampling runs."""
 import contextlib
 import dataclasses
 import io
@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from bench import priors
-from priors.autoregressive import sample_autoregressive
-from priors.sundae import sample
+from priors import build_model, prior_for
+from priors.absorbing import Absorbing
+from priors.autoregressive import Autoregressive, AutoregressiveSampling
+from priors.sundae import Sundae, sample_sundae
 
 QUICK = ["--quick", "--threads", "1", "--digits-batch", "4"]
 ROWS = ["SUNDAE, early stop", "SUNDAE, no early stop", "absorbing (Unleashing), S=64",
@@ -109,25 +111,46 @@ def digits():
     return priors.shapes(priors.parse_args(QUICK))[0]
 
 
+def test_each_prior_is_the_registry_model_of_its_config(digits):
+    configs = priors.prior_configs(digits)
+    assert [type(prior_for(cfg)) for cfg in configs.values()] == [Sundae, Absorbing, Autoregressive]
+    assert configs["sundae"] is digits.cfg
+    for name, cfg in configs.items():  # the data and the width are the shape's
+        assert (cfg.data, cfg.net.dim, cfg.net.nb_heads, cfg.net.dim_head, cfg.net.ff_mult) == \
+            (digits.cfg.data, *(getattr(digits.cfg.net, k) for k in ("dim", "nb_heads", "dim_head", "ff_mult"))), name
+    assert configs["absorbing"].net == digits.cfg.net
+    models = priors.build_models(configs, seed=0)
+    assert set(models) == {"sundae", "absorbing", "ar"} and not any(m.training for m in models.values())
+    for name, model in models.items():  # seeds 0, 1, 2 in that order, through the registry
+        torch.manual_seed(list(models).index(name))
+        fresh = build_model(configs[name]).state_dict()
+        assert all(torch.equal(fresh[k], v) for k, v in model.state_dict().items()), name
+    ar_depth = len(models["ar"].blocks)
+    params = {d: priors.count_params(build_model(priors.ar_config(digits, d))) for d in (ar_depth - 1, ar_depth + 1)}
+    sundae = priors.count_params(models["sundae"])
+    assert all(abs(n - sundae) >= abs(priors.count_params(models["ar"]) - sundae) for n in params.values())
+
+
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_ar_flops_equal_the_counter_over_a_whole_sampling_run(digits, use_cache):
     digits.cfg.data = dataclasses.replace(digits.cfg.data, latent_shape=[4, 4])
+    cfg = priors.ar_config(digits, depth=2)
     torch.manual_seed(0)
-    model = priors.causal(digits, depth=2).eval()
+    model = build_model(cfg).eval()
     cond = torch.zeros(1, dtype=torch.long)
-    counted = priors.counted_flops(lambda: sample_autoregressive(
-        model, (4, 4), num_tokens=digits.vocab, use_cache=use_cache, nb_samples=1, cond=cond,
-        generator=torch.Generator().manual_seed(0)))
+    settings = AutoregressiveSampling(use_cache=use_cache)
+    counted = priors.counted_flops(lambda: prior_for(cfg).sample(
+        model, (4, 4), settings, nb_samples=1, cond=cond, generator=torch.Generator().manual_seed(0)))
     assert priors.ar_sample_flops(model, digits, use_cache) == counted
 
 
 def test_grid_flops_times_forwards_equal_the_counter_over_a_sundae_run(digits):
     torch.manual_seed(0)
-    model = priors.hourglass(digits, digits.vocab).eval()
+    model = build_model(digits.cfg).eval()
     # proportion 1: every position picked, so the head runs everywhere, as grid_forward_flops counts it
     cfg = dataclasses.replace(digits.cfg.sampling, steps=3, min_steps=1, early_stop=False, sample_proportion=1.0,
                               end_sample_proportion=1.0)
-    counted = priors.counted_flops(lambda: sample(
+    counted = priors.counted_flops(lambda: sample_sundae(
         model, digits.grid, cfg, num_tokens=digits.vocab, nb_samples=1, cond=torch.zeros(1, dtype=torch.long),
         generator=torch.Generator().manual_seed(0)))
     assert 3 * priors.grid_forward_flops(model, digits) == counted

@@ -1,17 +1,13 @@
-"""bench/sampling.py runs end to end in its quick mode and prints every table."""
+"""bench.sampling runs end to end in its quick mode and prints every table."""
 import pytest
 
+from bench import sampling
 from tests.helpers import REPO
 
 
 @pytest.mark.slow
 def test_sampling_bench_quick(capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("sampling_bench", REPO / "bench" / "sampling.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    bench.main(["--quick", "--digits-ckpt", str(REPO / "no-such.ckpt"), "--threads", "1"])
+    sampling.main(["--quick", "--digits-ckpt", str(REPO / "no-such.ckpt"), "--threads", "1"])
     out = capsys.readouterr().out
     for expected in ("| model | early stop |", "| logits head (dim -> 8192), every position |",
                      "| logits head, the updated positions (p = 0.5) |", "| categorical draw, the updated",

@@ -1,4 +1,4 @@
-"""bench/training.py: the training-step table runs (quickly, in this interpreter) and its numbers are
+"""bench.training: the training-step table runs (quickly, in this interpreter) and its numbers are
 sane; its FLOP count is what torch's own counter sees for one step of the unrolled loss."""
 import math
 import re
@@ -9,7 +9,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench import training
-from priors.loss import unrolled_loss
+from priors.sundae import unrolled_loss
 from training.module import PriorModule
 
 
@@ -71,6 +71,10 @@ def test_ffhq_shape_is_the_cpu_width_of_ffhq1024():
     cuda = {s.name: s for s in training.shapes(training.parse_args([]), cuda=True)}
     assert cuda["ffhq1024-cpu-width"].cfg.trainer.precision == "bf16-mixed"
     assert cuda["digits"].cfg.trainer.precision == "bf16-mixed"
+    # eager unless --compile asks (config/digits.toml's compile = 'auto' would depend on the machine)
+    assert {s.cfg.trainer.compile for s in cuda.values()} == {False}
+    compiled = training.shapes(training.parse_args(["--compile", "--shapes", "digits"]), cuda=False)
+    assert [(s.name, s.cfg.trainer.compile) for s in compiled] == [("digits", False), ("digits (compiled)", True)]
 
 
 def test_step_flops_match_torch_flop_counter():
@@ -84,7 +88,7 @@ def test_step_flops_match_torch_flop_counter():
     g = torch.Generator().manual_seed(0)
     # the math backend runs attention as matmuls, which the counter sees (the fused CPU kernel it does not)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        out = unrolled_loss(module.model, tokens, cfg.unroll_steps, labels, g, num_tokens=cfg.data.vocab_size)
+        out = unrolled_loss(module.model, tokens, cfg.prior.unroll_steps, labels, g, num_tokens=cfg.data.vocab_size)
         out.loss.backward()
     assert training.step_flops(cfg, module.model) == counter.get_total_flops()
 
