@@ -38,7 +38,7 @@ class TrainerConfig:
     """[trainer]: the optimisation and the run directory."""
     exp_name: str = setting("sundae", "the run directory is runs_dir/exp_name")
     batch_size: PositiveInt = setting(32, "per device")
-    learning_rate: PositiveFloat = 1e-4
+    learning_rate: PositiveFloat = setting(1e-4, "AdamW learning rate (the peak, with a schedule)")
     max_steps: PositiveInt = setting(10_000, "optimiser steps")
     nb_batches: Optional[list[NonNegativeInt]] = setting(
         None, "original layout: [train, eval] batches per epoch; the second sets eval_batches")
@@ -100,8 +100,8 @@ class NetConfig:
     shorten_factor: Union[PositiveInt, list[PositiveInt]] = setting(
         4, "k per level: tokens pooled into one (a perfect square for 2D resampling)")
     ff_mult: PositiveInt = setting(4, "feed-forward width / dim")
-    attn_dropout: Probability = 0.0
-    ff_dropout: Probability = 0.0
+    attn_dropout: Probability = setting(0.0, "dropout of the attention weights")
+    ff_dropout: Probability = setting(0.0, "dropout inside the feed-forwards")
     use_rotary: bool = setting(True, "rotary positions (false: learned row + column embeddings)")
     rotary_layout: Literal["2d", "1d"] = setting("2d", "'2d': axial (rows, columns); '1d': over the raster order")
     rotary_coords: Literal["integer", "normalized"] = setting(
@@ -205,13 +205,13 @@ def read_prior_sections(table, source, report):
 
     prior_table, sampling_table = (_table(table.get(name, {}), name, source) for name in ("prior", "sampling"))
     kind = prior_table.pop("type", DEFAULT_PRIOR)
-    if kind not in PRIORS:
+    if not isinstance(kind, str) or kind not in PRIORS:
         fail(f"prior.type: expected one of {', '.join(map(repr, PRIORS))}, got {kind!r}")
     prior = PRIORS[kind]
 
     def check_owner(key, section, where):  # a key of another prior: name the prior it belongs to
-        owners = [name for name, other in PRIORS.items() if key in _names(getattr(other, section))]
-        if key not in _names(getattr(prior, section)) and owners:
+        owners = [name for name, other in PRIORS.items() if key in field_names(getattr(other, section))]
+        if key not in field_names(getattr(prior, section)) and owners:
             fail(f"{where}: a setting of {' and '.join(owners)} priors, but prior.type = {kind!r}")
 
     if "unroll_steps" in table:  # the original layout's place for the sundae prior's unroll_steps
@@ -219,7 +219,7 @@ def read_prior_sections(table, source, report):
         if "unroll_steps" in prior_table:
             fail("unroll_steps: given at the top and in [prior]; keep one")
         prior_table["unroll_steps"] = table["unroll_steps"]
-    for key in [k for k in prior_table if k in _names(prior.Sampling) and k not in _names(prior.Training)]:
+    for key in [k for k in prior_table if k in field_names(prior.Sampling) and k not in field_names(prior.Training)]:
         if key in sampling_table:
             fail(f"prior.{key}: a sampling setting, given in [prior] and [sampling]; keep sampling.{key}")
         report.notes.append(f"prior.{key} is a sampling setting now: read as sampling.{key} (move it there)")
@@ -230,10 +230,6 @@ def read_prior_sections(table, source, report):
         check_owner(key, "Sampling", f"sampling.{key}")
     return (build(prior.Training, {"type": kind, **prior_table}, "prior", source, report),
             build(prior.Sampling, sampling_table, "sampling", source, report))
-
-
-def _names(cls):
-    return {f.name for f in dataclasses.fields(cls) if f.init}
 
 
 def _table(value, name, source):
