@@ -1,4 +1,4 @@
-"""Inpaint images with a trained SUNDAE prior: known tokens stay fixed, the model sees the whole grid.
+"""Inpaint images with a trained prior: known tokens stay fixed, the model sees the whole grid.
 
     python inpaint.py photo.png --cfg-path CFG --resume CKPT --mask mask.png --nb-samples 4
     python inpaint.py photos/  --cfg-path CFG --resume CKPT --block 64 64 128 128
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from infra.cli import ArgumentParser, run_cli
-from infra.devices import configure_threads
-from infra.images import save_png
-from infra.errors import UserError
 from generation.inpainting import figure_row, inpaint, latent_keep_mask, load_inputs, regenerate_mask
 from generation.pretrained import add_prior_args, prior_from_args, sampling_from_args
+from infra.cli import ArgumentParser, run_cli
+from infra.devices import configure_threads
+from infra.errors import UserError
+from infra.images import save_png
 
 
 def parse_args(argv):

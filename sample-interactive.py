@@ -1,14 +1,16 @@
-"""Sample from a trained SUNDAE prior from a terminal menu: sample, repeat, edit parameters, exit.
+"""Sample from a trained prior from a terminal menu: sample, repeat, edit parameters, exit.
 
     python sample-interactive.py --cfg-path config/digits.toml --resume runs/digits/checkpoints/last.ckpt
+
+The sampling flags of sample.py set the menu's starting values.
 
 Each result is saved as a grid PNG in --out-dir; with `history` on, also as an animated GIF of
 the sampling steps.
 """
-from infra.cli import ArgumentParser, run_cli
-from infra.devices import configure_threads
 from generation.interactive import InteractiveSampler, MenuOptions
 from generation.pretrained import add_prior_args, prior_from_args, sampling_from_args
+from infra.cli import ArgumentParser, run_cli
+from infra.devices import configure_threads
 
 
 def parse_args(argv):

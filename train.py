@@ -1,4 +1,4 @@
-r"""Train a SUNDAE prior on a latent dataset.
+r"""Train a prior (SUNDAE, absorbing diffusion or autoregressive: [prior] type) on a latent dataset.
 
     python train.py --cfg-path config/digits.toml                     # CPU demo
     python train.py --cfg-path config/ffhq1024/ffhq1024-hourglass.toml --devices 8 \
@@ -20,8 +20,8 @@ from infra.trainer import add_run_args, build_trainer
 from training.checkpoint import check_fits, read_checkpoint
 from training.config import load_config, replace_section, run_dir
 from training.data import load_config_vqgan, open_splits
-from training.quality import SampleQuality
 from training.module import LatentDataModule, PriorModule, resolve_compile
+from training.quality import SampleQuality
 
 
 def parse_args(argv):

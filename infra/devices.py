@@ -94,13 +94,13 @@ def check_fits_in_memory(num_parameters, what):
 # --- CPU threads ----------------------------------------------------------------------------------
 
 THREADS_ENV = "SUNDAE_THREADS"
-# One intra-op thread unless told otherwise. Measured on a 2-core machine (bench/README.md, issue
-# 14): with torch's default of one thread per core, a second process on the machine (another job,
-# a test run) leaves torch's OpenMP threads spinning at every barrier for a core they do not get,
-# and a digits training step becomes 2.5-8x slower while burning 2-4x the CPU time; with one
-# thread it slows only by the share of the core it loses. The default is fixed, not guessed from
-# the current load, because the thread count changes float results in the last bits: a run and
-# its resumed continuation must use the same count to stay bit-exact.
+# One intra-op thread unless told otherwise. Measured on a 2-core machine (bench/README.md, the
+# CPU threads): with torch's default of one thread per core, a second process on the machine
+# (another job, a test run) leaves torch's OpenMP threads spinning at every barrier for a core
+# they do not get, and a digits training step becomes 2.5-8x slower while burning 2-4x the CPU
+# time; with one thread it slows only by the share of the core it loses. The default is fixed,
+# not guessed from the current load, because the thread count changes float results in the last
+# bits: a run and its resumed continuation must use the same count to stay bit-exact.
 DEFAULT_THREADS = 1
 DEFAULT_INTEROP_THREADS = 1  # nothing here runs inter-op parallel work (torch.jit.fork)
 

@@ -2,7 +2,7 @@
 # The main job on the embedded default (config/digits.toml), what `make demo` runs:
 #   scikit-learn's bundled digits -> train.py (SUNDAE prior) -> sample.py (1000 class-balanced
 #   samples) -> inpaint.py -> evaluate.py (the samples beside the harness's reference rows).
-# Each stage prints the time since the start, so the run is its own profile (bench/README.md).
+# Each stage prints the time since the start, so the run is its own profile.
 #
 #   scripts/demo.sh [PYTHON] [OUT_DIR] [CONFIG]   (defaults: .venv/bin/python demo-out config/digits.toml)
 set -euo pipefail

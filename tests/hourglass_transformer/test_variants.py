@@ -1,4 +1,4 @@
-"""The architecture switches (issue 12): each changes exactly what it claims.
+"""The architecture switches: each changes exactly what it claims.
 
 dim_head, attn_resampling_type ("ours" | "original"), resampling_layout ("2d" | "1d"),
 rotary_layout ("2d" | "1d"), rotary_coords ("integer" | "normalized"), num_outputs; and positions

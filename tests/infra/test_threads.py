@@ -1,4 +1,4 @@
-"""configure_threads: the CPU thread rule every script applies first (issue 14)."""
+"""configure_threads: the CPU thread rule every script applies first."""
 import ast
 import os
 

@@ -1,4 +1,4 @@
-"""[net]'s architecture switches (issue 12): they parse, bad values are one-line errors naming the
+"""[net]'s architecture switches: they parse, bad values are one-line errors naming the
 key, build_denoiser passes them to the backbone, a checkpoint names the one that differs; and
 configs in the original tool's exact layout load unchanged."""
 import dataclasses
@@ -10,10 +10,10 @@ import torch
 
 from hourglass_transformer.model import Block, PatchAttention
 from infra.errors import UserError
-from training.checkpoint import check_fits, read_checkpoint
-from training.config import config_from_dict, load_config
 from priors import build_model
 from tests.helpers import TINY_CONFIG
+from training.checkpoint import check_fits, read_checkpoint
+from training.config import config_from_dict, load_config
 
 HERE = Path(__file__).resolve().parents[1] / "training"  # the original-layout configs
 SWITCHES = {  # key: (default, the other values)

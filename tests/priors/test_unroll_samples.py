@@ -1,4 +1,4 @@
-"""The unroll feeds step t > 1 a *sample* of step t-1's logits, not their argmax (issue 12 item 6):
+"""The unroll feeds step t > 1 a *sample* of step t-1's logits, not their argmax:
 with a model that is not peaked, the step-2 inputs vary with the generator's seed."""
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Resuming is exact (issue 10): a run stopped at any step, a checkpoint step or not, resumed once
+"""Resuming is exact: a run stopped at any step, a checkpoint step or not, resumed once
 or twice, or killed with SIGKILL between checkpoints, ends with every tensor of the uninterrupted
 run: weights, EMA, optimiser moments and steps, scheduler, code counts. For train.py and
 train-vqgan.py, with dropout on so that the global RNG matters too.
