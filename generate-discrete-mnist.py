@@ -9,8 +9,8 @@ import numpy as np
 from infra.cli import ArgumentParser, run_cli
 from infra.data import split_groups
 from infra.devices import configure_threads
-from latents.discrete import TORCHVISION_SETS, digits_grids, torchvision_grids
 from latents.dataset import create_latent_dataset
+from latents.discrete import TORCHVISION_SETS, digits_grids, torchvision_grids
 
 
 def parse_args(argv):

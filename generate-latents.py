@@ -9,12 +9,12 @@ import numpy as np
 
 from infra.cli import ArgumentParser, run_cli
 from infra.data import split_groups
-from infra.files import sha256_of
 from infra.devices import configure_threads, default_device
-from infra.images import list_class_images, list_images
-from latents.encode import encode_images, image_size
 from infra.errors import UserError
+from infra.files import sha256_of
+from infra.images import list_class_images, list_images
 from latents.dataset import create_latent_dataset
+from latents.encode import encode_images, image_size
 from vqgan import load_vqgan
 
 

@@ -9,9 +9,9 @@ import torch
 
 from infra.cli import ArgumentParser, run_cli
 from infra.devices import configure_threads, default_device
+from infra.errors import UserError
 from infra.images import image_transform, list_images, open_rgb, psnr, save_png
 from latents.encode import encode_images, image_size
-from infra.errors import UserError
 from vqgan import load_vqgan
 
 

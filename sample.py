@@ -13,13 +13,13 @@ samples do not depend on the number of processes.
 import json
 import math
 
+from generation.bulk import bulk_sample, save_sample_grid
+from generation.pretrained import add_prior_args, prior_from_args, sampling_from_args
 from infra.cli import ArgumentParser, run_cli
 from infra.devices import configure_threads, default_device
 from infra.distributed import from_environment, process_group
-from infra.files import writable_dir, writable_file
-from generation.bulk import bulk_sample, save_sample_grid
 from infra.errors import UserError
-from generation.pretrained import add_prior_args, prior_from_args, sampling_from_args
+from infra.files import writable_dir, writable_file
 
 
 def parse_args(argv):

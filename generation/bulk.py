@@ -20,9 +20,9 @@ from tqdm import tqdm
 
 from evaluation.image_sets import write_adm_npz_batches
 from infra.distributed import Processes
+from infra.errors import UserError
 from infra.files import atomic_path, writable_dir, writable_file
 from infra.images import to_unit
-from infra.errors import UserError
 from latents.dataset import token_dtype
 
 

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from infra.images import UNREADABLE, image_transform, list_images, open_rgb, refusing_bombs
-from latents.discrete import quantise
-from infra.errors import UserError
-from latents.dataset import LatentDataset, read_meta
 from generation.masks import block_mask, grid_keep_mask_from_pixels, random_block_mask
+from infra.errors import UserError
+from infra.images import UNREADABLE, image_transform, list_images, open_rgb, refusing_bombs
+from latents.dataset import LatentDataset, read_meta
+from latents.discrete import quantise
 
 
 def read_mask_image(path, size):

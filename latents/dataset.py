@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infra.files import atomic_path
 from infra.errors import UserError
+from infra.files import atomic_path
 
 FORMAT_NAME = "sundae-latents"
 FORMAT_VERSION = 1

@@ -5,8 +5,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from infra.images import ImageFiles, collate_skipping_unreadable
 from infra.errors import UserError
+from infra.images import ImageFiles, collate_skipping_unreadable
 
 
 @dataclass

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from infra.files import atomic_path
 from infra.cli import ArgumentParser, run_cli
+from infra.files import atomic_path
 
 TRAIN_PHOTOS = ("astronaut", "coffee", "rocket", "immunohistochemistry", "motorcycle")
 HELD_OUT_PHOTO = "chelsea"

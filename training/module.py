@@ -14,9 +14,9 @@ from infra.devices import check_compiler
 from infra.errors import UserError
 from infra.images import save_png
 from infra.runs import check_parameters_finite, restore_rng_state, rng_state, stop_if_not_finite
-from training.data import collate
-from priors import prior_for
 from latents.render import render_tokens
+from priors import prior_for
+from training.data import collate
 
 
 def resolve_compile(setting, device, cfg_path, log=print):

@@ -8,8 +8,8 @@ import pytest
 from bench import ablations, digits_search
 from priors.absorbing import AbsorbingSampling
 from priors.autoregressive import AutoregressiveSampling
-from training.config import load_config
 from tests.helpers import REPO
+from training.config import load_config
 
 DIGITS = REPO / "config" / "digits.toml"
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from generation.bulk import bulk_sample
-from infra.errors import UserError
 from generation.pretrained import load_prior
+from infra.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from infra.errors import UserError
 from generation.masks import block_mask, grid_keep_mask_from_pixels, random_block_mask
+from infra.errors import UserError
 
 
 def bool_grid(rows):

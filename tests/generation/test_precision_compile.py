@@ -5,14 +5,14 @@ import tomllib
 import pytest
 import torch
 
+from generation.pretrained import TrainedPrior
 from infra.errors import UserError
 from infra.precision import inference_precision
-from training.config import config_from_dict
-from generation.pretrained import TrainedPrior
 from priors import prior_for
 from priors.base import Bucketed
 from priors.sundae import SundaeSampling
 from tests.helpers import TINY_CONFIG
+from training.config import config_from_dict
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -8,14 +8,9 @@ import torch.nn.functional as F
 
 from hourglass_transformer import HourglassError
 from hourglass_transformer.causal import CausalTransformerLM
-from priors.autoregressive import (
-    AutoregressiveSampling,
-    autoregressive_loss,
-    check_raster_prefix,
-    filter_logits,
-    sample_autoregressive,
-)
 from infra.errors import UserError
+from priors.autoregressive import (AutoregressiveSampling, autoregressive_loss, check_raster_prefix, filter_logits,
+                                   sample_autoregressive)
 
 V = 7
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from priors.sundae import corrupt
 from infra.errors import UserError
+from priors.sundae import corrupt
 
 
 def test_fraction_changed_matches_a_fixed_rate():

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from hourglass_transformer import HourglassTransformerLM
-from training.config import config_from_dict
 from infra.errors import UserError
 from priors import prior_for
 from priors.absorbing import AbsorbingSampling
@@ -16,6 +15,7 @@ from priors.base import Denoiser
 from priors.settings import schedule
 from priors.sundae import SundaeSampling
 from tests.helpers import TINY_CONFIG
+from training.config import config_from_dict
 
 
 def cfg_with(**net):

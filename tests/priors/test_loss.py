@@ -4,9 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from priors.sundae import corrupt
 from infra.errors import UserError
-from priors.sundae import unrolled_loss
+from priors.sundae import corrupt, unrolled_loss
 
 
 class TableModel(nn.Module):

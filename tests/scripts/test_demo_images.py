@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.config import load_config
 from tests.helpers import REPO, run_main
+from training.config import load_config
 from vqgan.training_config import load_train_config
 
 pytest.importorskip("skimage")

@@ -1,17 +1,18 @@
 """inpaint.py and sample-interactive.py on a tiny trained prior (token space, no VQ-GAN)."""
 import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from infra.errors import UserError
 from generation.inpainting import latent_keep_mask, masked_preview, read_mask_image, regenerate_mask
 from generation.interactive import InteractiveSampler, MenuOptions, parse_value
-from priors.sundae import SundaeSampling
-from latents.dataset import LatentDataset
 from generation.pretrained import load_prior
+from infra.errors import UserError
+from latents.dataset import LatentDataset
 from latents.render import tokens_to_gray
+from priors.sundae import SundaeSampling
 from tests.helpers import assert_user_error, run_main
 
 

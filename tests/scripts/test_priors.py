@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.config import load_config
 from priors import PRIORS, build_model
 from tests.helpers import REPO, assert_user_error, run_main, shrunk_digits_config
+from training.config import load_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from training.config import load_config
 from tests.helpers import REPO
+from training.config import load_config
 from vqgan.config import read_config
 
 CONFIG = REPO / "config"

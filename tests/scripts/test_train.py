@@ -12,15 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from infra.images import to_unit
 from infra.errors import UserError
+from infra.images import to_unit
 from infra.runs import AtomicCheckpointIO
-from training.checkpoint import load_denoiser
-from training.config import load_config
 from latents.render import tokens_to_gray
 from tests.helpers import (ONE_THREAD_ENV, REPO, TINY_CONFIG, assert_user_error, metrics, run_main, run_script,
                            write_tiny_config)
 from tests.helpers import load_checkpoint as load
+from training.checkpoint import load_denoiser
+from training.config import load_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -439,8 +439,9 @@ def test_compile_auto_compiles_where_a_cpp_compiler_is_found():
 
 
 def test_compile_check_passes_where_torch_finds_a_compiler():
-    from infra.devices import check_compiler
     from torch._inductor.cpp_builder import get_cpp_compiler
+
+    from infra.devices import check_compiler
 
     try:
         get_cpp_compiler()

@@ -5,9 +5,9 @@ import dataclasses
 import pytest
 import torch
 
+from infra.errors import UserError
 from training.checkpoint import check_fits, load_denoiser, read_checkpoint
 from training.config import load_config
-from infra.errors import UserError
 
 
 def edited(cfg, section, **values):

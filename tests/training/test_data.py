@@ -6,10 +6,10 @@ import torch
 
 from infra.data import StepBatchSampler
 from infra.errors import UserError
-from training.config import load_config
-from training.data import check_dataset_matches, collate, open_splits
 from latents.dataset import LatentDataset
 from tests.helpers import write_tiny_config, write_tiny_latents
+from training.config import load_config
+from training.data import check_dataset_matches, collate, open_splits
 
 
 def batches(**kwargs):

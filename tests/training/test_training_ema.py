@@ -4,9 +4,9 @@ import tomllib
 
 import torch
 
+from tests.helpers import TINY_CONFIG
 from training.config import config_from_dict
 from training.module import PriorModule
-from tests.helpers import TINY_CONFIG
 
 
 def tiny_config():
