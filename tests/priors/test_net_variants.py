@@ -1,5 +1,5 @@
 """[net]'s architecture switches: they parse, bad values are one-line errors naming the
-key, build_denoiser passes them to the backbone, a checkpoint names the one that differs; and
+key, build_model passes them to the backbone, a checkpoint names the one that differs; and
 configs in the original tool's exact layout load unchanged."""
 import dataclasses
 import tomllib
@@ -94,9 +94,9 @@ def test_a_non_square_shorten_factor_builds_only_with_1d_resampling():
         build_model(config_from_dict(tiny_table(shorten_factor=2)))
 
 
-# --- build_denoiser passes them ---------------------------------------------------------------------
+# --- build_model passes them ------------------------------------------------------------------------
 
-def test_build_denoiser_passes_every_switch():
+def test_build_model_passes_every_switch():
     default = meta_denoiser(config_from_dict(tiny_table()))
     assert isinstance(default.stack.down.attn, PatchAttention) and default.stack.down.grouping.layout == "2d"
     assert default.stack.pre.rotary_layout == "2d" and default.stack.pre.rotary_coords == "integer"
