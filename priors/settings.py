@@ -1,6 +1,6 @@
 """The settings every prior declares once, as frozen dataclasses: `[prior]` (how it trains) and
-`[sampling]` (how it samples). The config reader builds them, the sampling scripts derive their
-flags from them, the interactive menu and the web page their controls.
+`[sampling]` (how it samples). The config reader builds them, and the sampling scripts derive
+their flags and the interactive menu its fields from them.
 
 A field `end_<name>` beside a field `<name>` makes <name> a schedule: linear from <name> at the
 first step to end_<name> at the last; an end left unset (None) is the start value (constant).
