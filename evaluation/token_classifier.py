@@ -190,8 +190,12 @@ def load_or_train_classifier(train_tokens, train_labels, vocab_size, num_classes
         path = cache_file(cache_dir, train_sha256)
     cached = read_cache(path) if path is not None else None
     if cached is not None and _fits(cached, train_sha256, config, seed):
-        model = TokenClassifier(**cached["config"])
-        model.load_state_dict(cached["state_dict"])
+        # Built on the meta device: a fresh module's initialisation would draw from torch's global
+        # generator, so a training run that found the cache would start its prior from other weights
+        # than one that trained the classifier (training draws in a forked generator).
+        with torch.device("meta"):
+            model = TokenClassifier(**cached["config"])
+        model.load_state_dict(cached["state_dict"], assign=True)
         model.eval()
         acc = cached.get("eval_accuracy")
         if eval_sha256 is not None and cached.get("eval_sha256") != eval_sha256:

@@ -137,3 +137,19 @@ def test_an_unwritable_cache_directory_evaluates_uncached(splits, tmp_path, monk
     assert evaluator.classifier_path is None and not list(tmp_path.iterdir())
     assert any("not cached" in m and "read-only" in m for m in messages)
     assert evaluator.score(splits[2][:20])["n"] == 20
+
+
+def test_training_or_loading_the_classifier_draws_nothing_from_the_global_generators(tmp_path, trainings):
+    """A training run scores its samples with this classifier: if finding it in the cache drew
+    from torch's global generator (as building a fresh module to load weights into does), the
+    prior of a run that found the cache would start from other weights than one that trained it."""
+    data = write_tiny_latents(tmp_path / "latents")
+    train, held_out = LatentDataset(data, "train"), LatentDataset(data, "eval")
+    for expected_trainings in (1, 0):  # trained and cached, then loaded from the cache
+        before, np_before = torch.get_rng_state(), np.random.get_state()[1].copy()
+        trainings.clear()
+        TokenEvaluator(train.tokens, train.labels, held_out.tokens, held_out.labels, train.codebook_size,
+                       train.num_classes, cache_dir=tmp_path / "cache", log=print)
+        assert len(trainings) == expected_trainings
+        assert torch.equal(torch.get_rng_state(), before)
+        assert np.array_equal(np.random.get_state()[1], np_before)
