@@ -23,7 +23,7 @@ from infra.cli import ArgumentParser, run_cli
 from infra.config import build
 from infra.data import RESUME_WARNING
 from infra.devices import configure_threads, resolve_devices
-from infra.runs import claim_run_dir
+from infra.runs import claim_run_dir, run_seed
 from infra.trainer import add_run_args, build_trainer
 from vqgan.checkpoint import load_state_dict
 from vqgan.errors import VQGANError
@@ -73,6 +73,7 @@ def main(argv=None):
     if args.nb_workers is not None and args.nb_workers < 0:
         raise VQGANError(f"--nb-workers must be >= 0, got {args.nb_workers}")
     devices = resolve_devices(args.accelerator, args.devices, args.num_nodes)
+    args.seed = run_seed(args.seed)  # default 0
     pl.seed_everything(args.seed, workers=True, verbose=False)
 
     resolution = cfg.resolution

@@ -15,7 +15,7 @@ from infra.cli import ArgumentParser, run_cli
 from infra.data import RESUME_WARNING
 from infra.devices import configure_threads, resolve_devices
 from infra.errors import UserError
-from infra.runs import claim_run_dir
+from infra.runs import claim_run_dir, run_seed
 from infra.trainer import add_run_args, build_trainer
 from training.checkpoint import check_fits, read_checkpoint
 from training.config import load_config, replace_section, run_dir
@@ -32,6 +32,16 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def say_if_the_schedule_changes(path, resumed, cfg):
+    """One line when a resume changes max_steps under a cosine schedule: the learning rates from
+    here are another run's (the checkpoint's run decayed towards its own max_steps)."""
+    saved = resumed["hyper_parameters"]["config"]["trainer"].get("max_steps")
+    if cfg.trainer.lr_scheduler_name == "cosine" and saved != cfg.trainer.max_steps:
+        print(f"note: {path} was trained towards max_steps = {saved}; resumed with max_steps = "
+              f"{cfg.trainer.max_steps}, the cosine schedule from here is a {cfg.trainer.max_steps}-step "
+              "run's: a different run than either")
+
+
 def main(argv=None):
     configure_threads()  # first: SUNDAE_THREADS / OMP_NUM_THREADS, else 1 (infra/devices.py)
     args = parse_args(argv)
@@ -40,23 +50,26 @@ def main(argv=None):
     devices = resolve_devices(args.accelerator, args.devices, args.num_nodes)
     device = "cuda" if devices.accelerator == "gpu" else "cpu"
     cfg = replace_section(cfg, "trainer", compile=resolve_compile(cfg.trainer.compile, device, args.cfg_path))
-    pl.seed_everything(args.seed, workers=True, verbose=False)
+    resumed = read_checkpoint(args.resume) if args.resume else None
+    seed = run_seed(args.seed, resumed and resumed["hyper_parameters"].get("seed"), args.resume)
+    pl.seed_everything(seed, workers=True, verbose=False)
 
-    train, evaluation = open_splits(cfg, seed=args.seed)
+    train, evaluation = open_splits(cfg, seed=seed)
     vqgan = load_config_vqgan(cfg)
-    if args.resume:
-        check_fits(args.resume, read_checkpoint(args.resume), cfg)
+    if resumed is not None:
+        check_fits(args.resume, resumed, cfg)
+        say_if_the_schedule_changes(args.resume, resumed, cfg)
     quality = SampleQuality(cfg, train, evaluation, vqgan) if cfg.evaluation else None
     if quality is not None:
         quality.check("cuda" if devices.accelerator == "gpu" else "cpu")
-    module = PriorModule(cfg, seed=args.seed, run_dir=run_dir(cfg), vqgan=vqgan, quality=quality)
+    module = PriorModule(cfg, seed=seed, run_dir=run_dir(cfg), vqgan=vqgan, quality=quality)
     try:  # a grid the hourglass levels cannot divide fails here, before anything is written
         module.prior.check_grid(module.model)
     except UserError as e:
         raise UserError(f"{args.cfg_path}: [net] does not fit latent shape {cfg.data.latent_shape}: {e}") from None
 
     tr = cfg.trainer
-    data = LatentDataModule(train, evaluation, tr.batch_size, tr.max_steps, seed=args.seed,
+    data = LatentDataModule(train, evaluation, tr.batch_size, tr.max_steps, seed=seed,
                             num_workers=args.nb_workers)
     with claim_run_dir(run_dir(cfg), args.cfg_path, "config.toml", ["samples"], args.resume, args.overwrite,
                        args.no_save, rename_hint="change trainer.exp_name", rank=rank_zero_only.rank):

@@ -105,6 +105,18 @@ class LastCheckpoint(pl.Callback):
             trainer.save_checkpoint(self.path)
 
 
+def run_seed(requested, saved=None, what="the checkpoint"):
+    """The seed a run trains with: a new run takes --seed (default 0); a resumed run continues
+    with the seed its checkpoint was trained with (`saved`), which --seed may repeat but not
+    change, since every batch order and corruption derives from it."""
+    if saved is None:
+        return 0 if requested is None else requested
+    if requested is not None and requested != saved:
+        raise UserError(f"--seed {requested}: {what} was trained with --seed {saved}, and a resume continues "
+                        f"that run (leave --seed out, or give --seed {saved})")
+    return saved
+
+
 def rng_state():
     """torch's global RNG state (CPU and every GPU), for a checkpoint."""
     return {"torch": torch.get_rng_state(),

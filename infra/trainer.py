@@ -18,7 +18,8 @@ def add_run_args(parser):
     parser.add_argument("--overwrite", action="store_true",
                         help="start over in a run directory that holds an earlier run (its "
                              "checkpoints and pictures are deleted; logs are kept)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="default 0; a resumed run continues with its checkpoint's seed")
     parser.add_argument("--wandb", action="store_true", help="log to wandb (WANDB_MODE=offline works offline)")
     parser.add_argument("--wandb-project", default="sundae-vqgan")
     parser.add_argument("--devices", default="auto", help="number of devices per node (or 'auto')")

@@ -12,7 +12,7 @@ import signal
 import pytest
 import torch
 
-from tests.helpers import ONE_THREAD_ENV, REPO, TINY_CONFIG, run_main, run_script, write_tiny_latents
+from tests.helpers import ONE_THREAD_ENV, REPO, TINY_CONFIG, assert_user_error, run_main, run_script, write_tiny_latents
 from tests.scripts.test_train_vqgan import smooth_images, tiny_config, write_config
 
 pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.slow]
@@ -92,68 +92,135 @@ def expect_ok(proc):
 
 
 # --- train.py: 20 steps, checkpoints and evaluations at 10 and 20, 8 steps per data epoch ----
+# Every feature of the shipped configs is on: metrics while training ([evaluation], with its
+# token classifier cached beside the data that every run shares, as a user's runs do), EMA,
+# dropout, guidance's label dropout, and each prior type; the compiled step where a compiler is.
 
 SUNDAE_STEPS = 20
 # Warm-up, then constant: --max-steps also sets the length of a cosine decay, so a first segment
 # run with --max-steps 7 would rightly follow another schedule than the 20-step run.
 SUNDAE_CONFIG = (TINY_CONFIG
                  .replace("    learning_rate = 3e-3\n", "    learning_rate = 3e-3\n    warmup_steps = 4\n")
-                 .replace("    num_classes = 2\n", "    num_classes = 2\n"
-                          "    attn_dropout = 0.1\n    ff_dropout = 0.1\n"))
+                 .replace("    num_classes = 2\n", "    num_classes = 2\n    cond_drop_prob = 0.2\n"
+                          "    attn_dropout = 0.1\n    ff_dropout = 0.1\n")
+                 + "\n[evaluation]\n    every = 1\n    nb_samples = 12\n    batch_size = 8\n")
 
 
-def sundae_config(root, name):
-    data = root / "latents"
-    if not data.exists():
-        write_tiny_latents(data)
+def prior_text(kind, compiled=False):
+    """The tiny config as a `kind` prior, with every feature above."""
+    text = SUNDAE_CONFIG
+    if kind != "sundae":  # the sundae prior's own settings out, the prior's type in
+        text = text.replace("unroll_steps = 2\n", "").replace("    min_steps = 2\n", "")
+        text += f"\n[prior]\n    type = '{kind}'\n"
+    if kind == "autoregressive":  # a causal vanilla stack; a grid takes h * w forwards
+        text = (text.replace("    steps = 6\n", "").replace("type = 'hourglass'", "type = 'vanilla'")
+                .replace("depth = [1, 1, 1]", "depth = 2"))
+    if compiled:
+        text = text.replace("[trainer]\n", "[trainer]\n    compile = true\n")
+    return text
+
+
+@pytest.fixture(scope="module")
+def shared_data(tmp_path_factory):
+    return write_tiny_latents(tmp_path_factory.mktemp("resume-data") / "latents")
+
+
+def prior_config(root, name, data, kind="sundae", compiled=False):
     path = root / f"{name}.toml"
-    path.write_text(SUNDAE_CONFIG.replace("exp_name = 'tiny'", f"exp_name = '{name}'")
+    path.write_text(prior_text(kind, compiled).replace("exp_name = 'tiny'", f"exp_name = '{name}'")
                     .format(runs=root / "runs", data=data))
     return path, root / "runs" / name
 
 
 @pytest.fixture(scope="module")
-def sundae_straight(tmp_path_factory, single_thread):
-    cfg, run_dir = sundae_config(tmp_path_factory.mktemp("sundae-straight"), "straight")
-    expect_ok(run_main("train.py", "--cfg-path", cfg, "--seed", 3))
-    return run_dir
+def straight_runs(tmp_path_factory, shared_data, single_thread):
+    """{(kind, compiled): run directory} of uninterrupted runs, trained on first use."""
+    runs = {}
+
+    def get(kind, compiled=False):
+        if (kind, compiled) not in runs:
+            root = tmp_path_factory.mktemp(f"straight-{kind}-{compiled}")
+            cfg, run_dir = prior_config(root, "straight", shared_data, kind, compiled)
+            expect_ok(run_main("train.py", "--cfg-path", cfg, "--seed", 3))
+            runs[kind, compiled] = run_dir
+        return runs[kind, compiled]
+    return get
 
 
-def train_sundae(cfg, *args):
-    return expect_ok(run_main("train.py", "--cfg-path", cfg, "--seed", 3, *args))
+def train_prior(cfg, *args, first=True):
+    """train.py with --seed 3 on a first segment; a resume continues with the checkpoint's seed."""
+    return expect_ok(run_main("train.py", "--cfg-path", cfg, *(("--seed", 3) if first else ()), *args))
 
 
-@pytest.mark.parametrize("stops", [[3], [7], [10], [13], [5, 11]], ids=lambda s: "-".join(map(str, s)))
-def test_train_resumed_at_any_step_ends_identical(sundae_straight, tmp_path, stops):
-    cfg, run_dir = sundae_config(tmp_path, "resumed")
+def check_resumed_run(run_dir, straight, first_stop):
     last = run_dir / "checkpoints" / "last.ckpt"
-    train_sundae(cfg, "--max-steps", stops[0])
+    assert load(last)["state_dict"]["ema.n_averaged"].item() == SUNDAE_STEPS
+    assert_same_training_state(last, straight / "checkpoints" / "last.ckpt")
+    for step in (10, 20):  # the numbered checkpoints written after the first stop match too
+        if step > first_stop:
+            assert_same_training_state(run_dir / "checkpoints" / f"step-{step:07d}.ckpt",
+                                       straight / "checkpoints" / f"step-{step:07d}.ckpt")
+    # evaluations and sample-quality measurements at the same steps, none twice (logged at step - 1)
+    for column in ("eval/loss", "eval/fd"):
+        assert metric_steps(run_dir, column) == metric_steps(straight, column) == [9, 19], column
+
+
+RESUMES = [("sundae", [3]), ("sundae", [7]), ("sundae", [13]), ("sundae", [5, 11]),
+           ("absorbing", [7]), ("absorbing", [5, 13]), ("autoregressive", [13]), ("autoregressive", [6, 11])]
+
+
+@pytest.mark.parametrize("kind, stops", RESUMES, ids=lambda x: "-".join(map(str, x)) if isinstance(x, list) else x)
+def test_train_resumed_at_any_step_ends_identical(straight_runs, shared_data, tmp_path, kind, stops):
+    cfg, run_dir = prior_config(tmp_path, "resumed", shared_data, kind)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    train_prior(cfg, "--max-steps", stops[0])
     for stop in stops[1:]:
         assert load(last)["global_step"] < stop
-        train_sundae(cfg, "--max-steps", stop, "--resume", last)
-    train_sundae(cfg, "--resume", last)
-
-    straight = sundae_straight / "checkpoints"
-    assert load(last)["state_dict"]["ema.n_averaged"].item() == SUNDAE_STEPS
-    assert_same_training_state(last, straight / "last.ckpt")
-    for step in (10, 20):  # the numbered checkpoints written after the first stop match too
-        if step > stops[0]:
-            assert_same_training_state(run_dir / "checkpoints" / f"step-{step:07d}.ckpt",
-                                       straight / f"step-{step:07d}.ckpt")
-    # evaluations at the same steps, none twice (logged at step - 1)
-    assert metric_steps(run_dir, "eval/loss") == metric_steps(sundae_straight, "eval/loss") == [9, 19]
+        train_prior(cfg, "--max-steps", stop, "--resume", last, first=False)
+    train_prior(cfg, "--resume", last, first=False)
+    check_resumed_run(run_dir, straight_runs(kind), stops[0])
 
 
-def test_train_killed_between_checkpoints_resumes_identically(sundae_straight, tmp_path):
-    cfg, run_dir = sundae_config(tmp_path, "killed")
+@pytest.mark.parametrize("kind", ["sundae", "absorbing", "autoregressive"])
+def test_train_killed_between_checkpoints_resumes_identically(straight_runs, shared_data, tmp_path, kind):
+    cfg, run_dir = prior_config(tmp_path, "killed", shared_data, kind)
     (tmp_path / "killer.py").write_text(KILLER)
     proc = run_script(tmp_path / "killer.py", REPO / "train.py", "--cfg-path", cfg, "--seed", 3,
                       env={**ONE_THREAD_ENV, "KILL_AT_STEP": "17"})
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     last = run_dir / "checkpoints" / "last.ckpt"
     assert load(last)["global_step"] == 10  # the last numbered checkpoint
-    train_sundae(cfg, "--resume", last)
-    assert_same_training_state(last, sundae_straight / "checkpoints" / "last.ckpt")
+    train_prior(cfg, "--resume", last, first=False)
+    check_resumed_run(run_dir, straight_runs(kind), 10)
+
+
+def test_the_compiled_step_resumes_identically(straight_runs, shared_data, tmp_path):
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception:
+        pytest.skip("this machine has no C++ compiler for torch.compile (the eager resumes are tested above)")
+    cfg, run_dir = prior_config(tmp_path, "compiled", shared_data, compiled=True)
+    train_prior(cfg, "--max-steps", 7)
+    train_prior(cfg, "--resume", run_dir / "checkpoints" / "last.ckpt", first=False)
+    check_resumed_run(run_dir, straight_runs("sundae", compiled=True), 7)
+
+
+def test_a_resume_keeps_the_runs_seed_and_says_when_the_schedule_changes(shared_data, tmp_path):
+    text = prior_text("sundae").replace("    warmup_steps = 4\n", "    warmup_steps = 4\n    lr_scheduler_name = 'cosine'\n")
+    cfg = tmp_path / "cosine.toml"
+    cfg.write_text(text.format(runs=tmp_path / "runs", data=shared_data))
+    last = tmp_path / "runs" / "tiny" / "checkpoints" / "last.ckpt"
+    train_prior(cfg, "--max-steps", 13)
+    proc = run_main("train.py", "--cfg-path", cfg, "--resume", last, "--seed", 4)
+    assert_user_error(proc, "--seed 4", "was trained with --seed 3", "leave --seed out")
+    assert load(last)["global_step"] == 13  # refused before anything was written
+    proc = train_prior(cfg, "--resume", last, "--max-steps", 16, "--seed", 3, first=False)
+    assert "note: " in proc.stdout and "trained towards max_steps = 13" in proc.stdout
+    assert "resumed with max_steps = 16, the cosine schedule from here is a 16-step run's" in proc.stdout
+    proc = train_prior(cfg, "--resume", last, "--max-steps", 16, first=False)  # the same schedule: nothing to say
+    assert "trained towards max_steps" not in proc.stdout
 
 
 # --- train-vqgan.py: 12 steps, checkpoints and evaluations at 6 and 12, code windows of 3 steps,
