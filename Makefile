@@ -12,13 +12,15 @@ $(STAMP): requirements.txt
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
-# Every test, the slow end-to-end ones included (what CI runs).
+# Every test, the slow end-to-end ones included (what CI runs), on every core: pytest-xdist runs
+# one worker per core, each test module on one worker (so module fixtures are built once).
+TEST_ARGS := -q -ra -n auto --dist loadscope
 test: $(STAMP)
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest $(TEST_ARGS)
 
 # Skip the tests marked slow, for quick iteration.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -ra -m "not slow"
+	$(PY) -m pytest $(TEST_ARGS) -m "not slow"
 
 # The main job on the embedded default (scripts/demo.sh): build the digits dataset (bundled with
 # scikit-learn), train the prior on the CPU, sample 1000 digits (100 per class), inpaint, and score
