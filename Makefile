@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet -r requirements.txt
+	@# pip's output (its index warnings included) to a log, shown only when the install fails
+	$(VENV)/bin/pip install --quiet -r requirements.txt > $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
 	touch $(STAMP)
 
 # Every test, the slow end-to-end ones included (what CI runs), on every core: pytest-xdist runs

@@ -2,7 +2,8 @@
 # The main job on the embedded default (config/digits.toml), what `make demo` runs:
 #   scikit-learn's bundled digits -> train.py (SUNDAE prior) -> sample.py (1000 class-balanced
 #   samples) -> inpaint.py -> evaluate.py (the samples beside the harness's reference rows).
-# Each stage prints the time since the start, so the run is its own profile.
+# Each stage prints the time since the start, so the run is its own profile. The console shows
+# the stages, the training progress bar and the scores; OUT_DIR/demo.log keeps everything.
 #
 #   scripts/demo.sh [PYTHON] [OUT_DIR] [CONFIG]   (defaults: .venv/bin/python demo-out config/digits.toml)
 set -euo pipefail
@@ -37,28 +38,32 @@ CKPT=$RUN/checkpoints/last.ckpt
 export SUNDAE_THREADS
 
 rm -rf "$OUT" "$RUN"
+mkdir -p "$OUT"
+LOG=$OUT/demo.log  # every stage's full output; the console shows the stages, the training bar and the scores
 SECONDS=0
-stage() { echo; echo "=== [$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
-echo "threads: $SUNDAE_THREADS"
+stage() { echo; echo "=== [$((SECONDS / 60))m$((SECONDS % 60))s] $*" | tee -a "$LOG"; }
+failed() { status=$1; tail -n 20 "$LOG"; echo "failed (exit $status); the full log: $LOG"; exit "$status"; }
+quiet() { "$@" >>"$LOG" 2>&1 || failed $?; }  # a stage's output to the log only
+echo "threads: $SUNDAE_THREADS (the full log: $LOG)"
 
 stage "1/5 the digits dataset"
-"$PY" generate-discrete-mnist.py digits "$DATA" --overwrite
+quiet "$PY" generate-discrete-mnist.py digits "$DATA" --overwrite
 
 stage "2/5 train the prior"
-"$PY" train.py --cfg-path "$CFG" --overwrite
+"$PY" train.py --cfg-path "$CFG" --overwrite 2>&1 | tee -a "$LOG" | "$PY" scripts/progress_filter.py || failed $?
 
 stage "3/5 sample 1000 digits, 100 per class"
-"$PY" sample.py --cfg-path "$CFG" --resume "$CKPT" --nb-samples 1000 --batch-size 250 --class-balanced \
+quiet "$PY" sample.py --cfg-path "$CFG" --resume "$CKPT" --nb-samples 1000 --batch-size 250 --class-balanced \
     --out-dir "$OUT/samples" --no-progress --save-latents "$OUT/samples.npy" --save-labels "$OUT/labels.npy" \
     --grid "$OUT/samples.png"
 
 stage "4/5 inpaint the bottom half of six held-out digits"
-"$PY" inpaint.py --dataset-rows 0 1 2 3 4 5 --cfg-path "$CFG" --resume "$CKPT" --block 4 0 4 8 \
+quiet "$PY" inpaint.py --dataset-rows 0 1 2 3 4 5 --cfg-path "$CFG" --resume "$CKPT" --block 4 0 4 8 \
     --nb-samples 6 --out-dir "$OUT/inpainting"
 
 stage "5/5 score the samples with the evaluation harness"
 "$PY" evaluate.py "$OUT/samples.npy" --dataset "$DATA" --labels "$OUT/labels.npy" \
-    --sampling-summary "$OUT/samples/summary.json" --json "$OUT/quality.json"
+    --sampling-summary "$OUT/samples/summary.json" --json "$OUT/quality.json" 2>&1 | tee -a "$LOG" || failed $?
 
 stage "done"
-echo "samples: $OUT/samples.png  inpainting: $OUT/inpainting/  scores: $OUT/quality.json"
+echo "samples: $OUT/samples.png  inpainting: $OUT/inpainting/  scores: $OUT/quality.json  log: $LOG"
