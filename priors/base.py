@@ -141,9 +141,7 @@ class Prior:
         """Grids from `model` (the EMA model in eval mode) with this prior's `settings` (its
         Sampling). start: a shape, (h, w) with nb_samples or (N, h, w), or start tokens with a
         keep_mask (True = known, kept) to inpaint; cond: (N,) classes of a conditional prior."""
-        self.check_sampling(settings)
-        if keep_mask is not None:
-            self.check_keep_mask(keep_mask if keep_mask.dim() == 3 else keep_mask[None])
+        self.check_sampling(settings)  # the keep-mask is checked by the sampler, which resolves it
         return self.sampler(settings)(self.guided(model, settings), start, settings, num_tokens=self.num_tokens,
                                       nb_samples=nb_samples, cond=cond, keep_mask=keep_mask, generator=generator,
                                       device=device, return_history=return_history)
@@ -169,7 +167,8 @@ class Prior:
         return model
 
     def check_keep_mask(self, keep_mask):
-        """PriorError (one line) for an (N, h, w) keep-mask this prior cannot inpaint; any by default."""
+        """PriorError (one line) for an (N, h, w) keep-mask this prior cannot inpaint, for scripts
+        to refuse a mask before any work; any mask by default."""
 
 
 class Bucketed(torch.nn.Module):
