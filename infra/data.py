@@ -28,6 +28,14 @@ def loader_generator(seed):
 RESUME_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
 
 
+def check_global_batch(dataset_size, batch_size, world_size=1, what=None):
+    """UserError (prefixed by `what`, the setting, when given) when the training split cannot
+    fill one global batch; a script checks this before it writes anything."""
+    if dataset_size < batch_size * world_size:
+        raise UserError(f"{what + ': ' if what else ''}the training split has {dataset_size} rows, fewer than "
+                        f"one global batch ({batch_size} x {world_size} processes)")
+
+
 class StepBatchSampler(torch.utils.data.Sampler):
     """Batches of indices as a pure function of (seed, step, rank).
 
@@ -46,9 +54,7 @@ class StepBatchSampler(torch.utils.data.Sampler):
     """
 
     def __init__(self, dataset_size, batch_size, num_steps, seed=0, start_step=0, rank=0, world_size=1):
-        if dataset_size < batch_size * world_size:
-            raise UserError(f"the training split has {dataset_size} rows, fewer than one global "
-                              f"batch ({batch_size} x {world_size} processes)")
+        check_global_batch(dataset_size, batch_size, world_size)
         self.n, self.batch_size, self.num_steps = dataset_size, batch_size, num_steps
         self.seed, self.start_step, self.rank, self.world = seed, start_step, rank, world_size
 

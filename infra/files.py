@@ -6,6 +6,7 @@ with -9 leaves at most one, which the next write of the same target (or `remove_
 removes once its process is gone.
 """
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -47,11 +48,33 @@ def atomic_path(path, is_dir=False):
             shutil.rmtree(path)
         os.replace(tmp, path)
     except OSError as e:  # disk full, quota, permissions: the old file stays
-        raise UserError(f"{path}: could not be written ({e.strerror or e}); any earlier version "
-                        "is left as it was") from None
+        why = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or e)
+        raise UserError(f"{path}: could not be written ({why}); any earlier version is left as it "
+                        "was") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+
+FULL_DISK_BYTES = 1 << 20  # less free space than this, after a failed write, is a full disk
+
+
+def disk_full(error, directory):
+    """Whether `error`, raised writing into `directory`, is a full disk: an OSError with ENOSPC
+    (in it or in its cause), or one of torch's zip-writer RuntimeErrors ("[enforce fail at
+    inline_container.cc...] ... file write failed"), which carry no errno, with no space left there."""
+    for e in (error, error.__cause__, error.__context__):
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+    text = str(error)
+    if "No space left on device" in text:
+        return True
+    if "inline_container" in text:
+        try:
+            return shutil.disk_usage(directory).free < FULL_DISK_BYTES
+        except OSError:
+            return False
+    return False
 
 
 def remove_stale_temps(directory, name="*"):

@@ -1,6 +1,7 @@
 """Run directories and checkpoints, the same for both trainers: one owner per run directory,
 atomic checkpoint writes, `last.ckpt` always the newest state, the RNG state carried along."""
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -11,7 +12,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from infra.errors import UserError
-from infra.files import atomic_path, host_and_pid, remove_stale_temps, writable_dir
+from infra.files import atomic_path, disk_full, host_and_pid, remove_stale_temps, writable_dir
 
 
 @contextlib.contextmanager
@@ -85,7 +86,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
-            except RuntimeError as e:  # torch's zip writer reports a full disk this way
+            except RuntimeError as e:  # torch's zip writer reports a failed write this way, without errno
+                if disk_full(e, Path(path).parent):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
                 raise OSError(str(e).splitlines()[0]) from None
 
 
@@ -94,15 +97,21 @@ class LastCheckpoint(pl.Callback):
     and after the final step, from the batch-end hook like ModelCheckpoint's own saves, so that
     resuming it is exact, with a larger max_steps too. (ModelCheckpoint's save_last misses a final
     step that is not a multiple of every_n_train_steps, and in a run shorter than that saves after
-    fit, a state from which a resumed run repeats one batch.)"""
+    fit, a state from which a resumed run repeats one batch.) A batch during which SIGTERM
+    arrived is saved too in a one-process run: Lightning stops after it, and the resume continues
+    from there. (Not under DDP: a save is a barrier of all ranks, and a signal may reach one rank
+    a batch before the others.)"""
 
     def __init__(self, path, every_n_steps):
         self.path, self.every_n_steps = path, every_n_steps
+        self.saved_step = None  # the step of this run's last save, for the SIGTERM line
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
-        if step % self.every_n_steps == 0 or step == trainer.max_steps:
+        stopping = trainer.received_sigterm and trainer.world_size == 1
+        if step % self.every_n_steps == 0 or step == trainer.max_steps or stopping:
             trainer.save_checkpoint(self.path)
+            self.saved_step = step
 
 
 def run_seed(requested, saved=None, what="the checkpoint"):

@@ -1,31 +1,18 @@
 """The one Trainer builder of both training scripts: devices, nodes, precision and world size are
 resolved once, here, and the run's checkpoints, logger and callbacks are wired the same way."""
+import signal
+import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from infra.config import PRECISIONS
+from infra.cli import add_run_args  # noqa: F401  (its old place; it lives in the light infra.cli now)
 from infra.runs import AtomicCheckpointIO, LastCheckpoint
 
-
-def add_run_args(parser):
-    """The command-line flags every training script shares."""
-    parser.add_argument("--resume", help="checkpoint to continue from (weights, optimisers, step, RNG)")
-    parser.add_argument("--precision", choices=PRECISIONS, help="overrides the config's precision")
-    parser.add_argument("--max-steps", type=int, help="overrides the config's max_steps")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start over in a run directory that holds an earlier run (its "
-                             "checkpoints and pictures are deleted; logs are kept)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="default 0; a resumed run continues with its checkpoint's seed")
-    parser.add_argument("--wandb", action="store_true", help="log to wandb (WANDB_MODE=offline works offline)")
-    parser.add_argument("--wandb-project", default="sundae-vqgan")
-    parser.add_argument("--devices", default="auto", help="number of devices per node (or 'auto')")
-    parser.add_argument("--num-nodes", type=int, default=1)
-    parser.add_argument("--accelerator", default="auto", choices=["cpu", "gpu", "auto"])
-    parser.add_argument("--no-save", action="store_true", help="write no checkpoints")
+SIGTERM_EXIT = 128 + signal.SIGTERM  # 143: the shell's convention for a process ended by SIGTERM
 
 
 def build_trainer(args, devices, run_dir, *, precision, max_steps, eval_every, checkpoint_every,
@@ -38,6 +25,8 @@ def build_trainer(args, devices, run_dir, *, precision, max_steps, eval_every, c
     run_dir = Path(run_dir)
     checkpoints = run_dir / "checkpoints"
     callbacks = [pl.callbacks.LearningRateMonitor(logging_interval="step")] if args.wandb else []
+    # named, so the console is the same whether or not `rich` is installed (Lightning prefers it)
+    callbacks += [pl.callbacks.TQDMProgressBar(), pl.callbacks.ModelSummary()]
     if not args.no_save:
         callbacks.append(pl.callbacks.ModelCheckpoint(
             dirpath=checkpoints, filename="step-{step:07d}", auto_insert_metric_name=False,
@@ -63,3 +52,24 @@ def build_trainer(args, devices, run_dir, *, precision, max_steps, eval_every, c
     )
     assert trainer.world_size == devices.world_size, (trainer.world_size, devices)
     return trainer
+
+
+def fit(trainer, *args, **kwargs):
+    """trainer.fit(*args, **kwargs); None when it ran to the end. On SIGTERM Lightning stops after
+    the current batch (whose last.ckpt LastCheckpoint writes) and raises SystemExit(None), an exit
+    status 0 a wrapper could not tell from a finished run: here it is one line on stderr, the step
+    and the last checkpoint, and SIGTERM_EXIT returned for the script to exit with."""
+    try:
+        trainer.fit(*args, **kwargs)
+    except SIGTERMException:
+        if trainer.is_global_zero:
+            last = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+            if last is None:
+                where = "no checkpoint was written (--no-save)"
+            elif last.saved_step is None:
+                where = f"no checkpoint was written in this run ({last.path} is as it was)"
+            else:
+                where = f"the last checkpoint is {last.path} (step {last.saved_step})"
+            print(f"training stopped by SIGTERM at step {trainer.global_step}; {where}", file=sys.stderr)
+        return SIGTERM_EXIT
+    return None

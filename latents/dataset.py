@@ -24,6 +24,7 @@ from infra.files import atomic_path
 
 FORMAT_NAME = "sundae-latents"
 FORMAT_VERSION = 1
+CHUNK_ROWS = 65536  # rows read at once when a memory-mapped split is scanned
 
 
 def token_dtype(codebook_size):
@@ -150,7 +151,10 @@ class LatentDataset(torch.utils.data.Dataset):
         if self.tokens.ndim != 3 or self.tokens.shape[1:] != self.latent_shape:
             raise UserError(f"{_tokens_path(root, split)}: grids of shape {self.tokens.shape[1:]}, but "
                               f"meta.json has latent_shape {list(self.latent_shape)}")
-        if len(self.tokens) == 0 or (count is not None and len(self.tokens) != count):
+        if len(self.tokens) == 0:
+            raise UserError(f"{_tokens_path(root, split)}: the '{split}' split is empty (0 rows); write the "
+                            "dataset again with rows in it")
+        if count is not None and len(self.tokens) != count:
             raise UserError(f"{_tokens_path(root, split)}: {len(self.tokens)} rows, but meta.json counts "
                               f"{count}; the dataset is incomplete, write it again")
         if not np.issubdtype(self.tokens.dtype, np.integer):
@@ -166,6 +170,7 @@ class LatentDataset(torch.utils.data.Dataset):
             if self.labels.shape != (len(self.tokens),):
                 raise UserError(f"{_labels_path(root, split)}: {self.labels.shape[0] if self.labels.ndim else 0} "
                                   f"labels for {len(self.tokens)} rows")
+            _check_labels(self.labels, len(self.class_names), _labels_path(root, split))
 
     @property
     def num_classes(self):
@@ -190,7 +195,21 @@ def _load_array(path):
         raise UserError(f"{path}: unreadable ({str(e).splitlines()[0]}); write the dataset again") from None
 
 
-def _chunks(array, rows=65536):
+def _check_labels(labels, num_classes, path):
+    """UserError naming `path` and the first bad label unless every label is an integer class
+    index in [0, num_classes): checked when the split opens, not when a batch reaches it."""
+    expected = f"expected integer class indices in [0, {num_classes}) for the {num_classes} classes of meta.json"
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(f"{path}: {labels.dtype} values; {expected}")
+    for start in range(0, len(labels), CHUNK_ROWS):
+        chunk = labels[start:start + CHUNK_ROWS]
+        bad = np.flatnonzero((chunk < 0) | (chunk >= num_classes))
+        if bad.size:
+            row = start + int(bad[0])
+            raise UserError(f"{path}: label {int(labels[row])} at row {row}; {expected}")
+
+
+def _chunks(array, rows=CHUNK_ROWS):
     for start in range(0, len(array), rows):
         yield array[start:start + rows]
 

@@ -6,12 +6,16 @@ config's model and compare state_dict shapes; on a mismatch, name the first sett
 value explains it.
 """
 import dataclasses
+import pickle
+import re
+import warnings
 from pathlib import Path
 
 import torch
 
 from infra.errors import UserError
 from priors import DEFAULT_PRIOR, build_model
+from priors.base import a_prior
 from training.config import config_from_dict
 
 
@@ -20,9 +24,19 @@ def read_checkpoint(path):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:  # torch would talk about mmap and zip serialisation
+        raise UserError(f"{path}: empty file (0 bytes), not a checkpoint")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        with warnings.catch_warnings():  # a TorchScript file: torch warns before our one line
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
+            # never echo torch's advice to pass weights_only=False: that runs the code the file brings
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+            raise UserError(f"{path}: holds Python objects other than tensors and plain containers"
+                            f"{f' ({found[1]})' if found else ''}; not loaded, for safety (not a SUNDAE "
+                            "training checkpoint)") from None
         raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt.get("hyper_parameters", {}):
@@ -46,7 +60,7 @@ def check_fits(path, ckpt, cfg):
     """UserError, one line, when the checkpoint's model is not the model `cfg` builds."""
     saved = _saved_config(path, ckpt)
     if saved.prior.type != cfg.prior.type:
-        raise UserError(f"{path}: a checkpoint of a {saved.prior.type} prior, but {cfg.path or 'the config'} "
+        raise UserError(f"{path}: a checkpoint of {a_prior(saved.prior.type)}, but {cfg.path or 'the config'} "
                           f"has prior.type = {cfg.prior.type!r}")
     shapes = _shapes(cfg)
     if shapes == {k: tuple(v.shape) for k, v in model_weights(ckpt, use_ema=False).items()}:

@@ -24,10 +24,27 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Annotated, Literal, Optional, Union
 
-from infra.config import (Built, ConfigError, Length, NonNegativeFloat, NonNegativeInt, PositiveFloat,
-                          PositiveInt, Precision, Probability, Range, UnitFloat, build, did_you_mean, ignored,
-                          field_names, read_toml, setting)
+from infra.config import (
+    Built,
+    ConfigError,
+    Length,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Precision,
+    Probability,
+    Range,
+    UnitFloat,
+    build,
+    did_you_mean,
+    field_names,
+    ignored,
+    read_toml,
+    setting,
+)
 from priors import DEFAULT_PRIOR, PRIORS
+from priors.base import a_prior
 from priors.settings import PriorSettings, SamplingSettings
 
 Shape2D = Annotated[list[PositiveInt], Length(2)]
@@ -287,11 +304,20 @@ def _normalise_and_validate(cfg, source):
     net.check(fail)
     prior = PRIORS[cfg.prior.type]
     if net.type not in prior.net_types:
-        fail(f"net.type: a {prior.name} prior takes net.type {' or '.join(map(repr, prior.net_types))}, "
+        fail(f"net.type: {a_prior(prior.name)} takes net.type {' or '.join(map(repr, prior.net_types))}, "
              f"got {net.type!r}")
     if cfg.evaluation is not None and cfg.vqgan is not None and cfg.evaluation.reference_stats is None:
         fail("evaluation.reference_stats: required for an image dataset (an Inception statistics file "
              "of the reference images: evaluate.py IMAGES --save-stats FILE)")
+
+    # the file's own run only: a --max-steps inside the warm-up runs a first segment, resumed later
+    if tr.warmup_steps > tr.max_steps:
+        fail(f"trainer.warmup_steps = {tr.warmup_steps} is more than trainer.max_steps = {tr.max_steps}: "
+             "training would end during the warm-up; expected warmup_steps <= max_steps")
+    min_steps, steps = getattr(cfg.sampling, "min_steps", None), getattr(cfg.sampling, "steps", None)
+    if min_steps is not None and steps is not None and min_steps > steps:
+        fail(f"sampling.min_steps = {min_steps} is more than sampling.steps = {steps}: early stopping "
+             "could never freeze a sample; expected min_steps <= steps")
 
     parts = PurePath(tr.exp_name).parts
     if not tr.exp_name or PurePath(tr.exp_name).is_absolute() or ".." in parts:
@@ -302,8 +328,15 @@ def _normalise_and_validate(cfg, source):
 
 
 def run_dir(cfg):
-    """Where a config's training run writes: runs_dir/exp_name."""
-    return Path(cfg.trainer.runs_dir) / cfg.trainer.exp_name
+    """Where a config's training run writes: runs_dir/exp_name, which must stay inside runs_dir
+    with symlinks resolved (exp_name has no '..', but a link under runs_dir may point anywhere)."""
+    runs = Path(cfg.trainer.runs_dir)
+    path = runs / cfg.trainer.exp_name
+    if not path.resolve().is_relative_to(runs.resolve()):
+        raise ConfigError(f"{cfg.path or 'config'}: trainer.exp_name = {cfg.trainer.exp_name!r}: {path} leads "
+                          f"to {path.resolve()}, outside trainer.runs_dir {runs.resolve()} (through a "
+                          "symbolic link); choose another exp_name")
+    return path
 
 
 def replace_section(cfg, name, **values):

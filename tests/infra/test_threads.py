@@ -5,8 +5,16 @@ import os
 import pytest
 import torch
 
-from infra.devices import (DEFAULT_THREADS, THREADS_ENV, ThreadSettings, busy_cores, configure_threads, idle_cores,
-                           thread_count, usable_cores)
+from infra.devices import (
+    DEFAULT_THREADS,
+    THREADS_ENV,
+    ThreadSettings,
+    busy_cores,
+    configure_threads,
+    idle_cores,
+    thread_count,
+    usable_cores,
+)
 from infra.errors import UserError
 from tests.helpers import REPO, assert_user_error, run_script
 
@@ -117,11 +125,28 @@ SCRIPTS = ["train.py", "train-vqgan.py", "sample.py", "inpaint.py", "sample-inte
            "generate-discrete-mnist.py", "generate-latents.py", "recon-vqgan.py"]
 
 
+def before_any_torch_work(node):
+    """What may come before configure_threads() in a main: the argument parsing, imports, and checks
+    of the arguments (`if ...: raise ...`, or a call of a check_* function), so that a usage mistake
+    is answered before torch is imported."""
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return True
+    if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+        return getattr(node.value.func, "id", None) == "parse_args"
+    if isinstance(node, ast.If):
+        return not node.orelse and all(isinstance(n, ast.Raise) for n in node.body)
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        return getattr(node.value.func, "id", "").startswith("check_")
+    return False
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_script_configures_threads_first(script):
+    """configure_threads() is main's first statement, or follows only the argument parsing, its
+    checks and imports."""
     tree = ast.parse((REPO / script).read_text())
     main = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "main")
-    first = main.body[0]
+    first = next(node for node in main.body if not before_any_torch_work(node))
     assert isinstance(first, ast.Expr) and isinstance(first.value, ast.Call)
     assert getattr(first.value.func, "id", None) == "configure_threads" and not first.value.args
 

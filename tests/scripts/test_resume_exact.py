@@ -218,7 +218,7 @@ def test_a_resume_keeps_the_runs_seed_and_says_when_the_schedule_changes(shared_
     assert load(last)["global_step"] == 13  # refused before anything was written
     proc = train_prior(cfg, "--resume", last, "--max-steps", 16, "--seed", 3, first=False)
     assert "note: " in proc.stdout and "trained towards max_steps = 13" in proc.stdout
-    assert "resumed with max_steps = 16, the cosine schedule from here is a 16-step run's" in proc.stdout
+    assert "resumed with max_steps = 16: from here the cosine schedule decays towards step 16" in proc.stdout
     proc = train_prior(cfg, "--resume", last, "--max-steps", 16, first=False)  # the same schedule: nothing to say
     assert "trained towards max_steps" not in proc.stdout
 

@@ -6,8 +6,16 @@ import pytest
 
 from infra.errors import UserError
 from priors import PRIORS
-from tests.helpers import (ONE_THREAD_ENV, REPO, TINY_CONFIG, assert_user_error, run_main, run_script,
-                           write_tiny_config, write_tiny_latents)
+from tests.helpers import (
+    ONE_THREAD_ENV,
+    REPO,
+    TINY_CONFIG,
+    assert_user_error,
+    run_main,
+    run_script,
+    write_tiny_config,
+    write_tiny_latents,
+)
 from training.config import config_from_dict, load_config
 
 SHIPPED = sorted((REPO / "config").rglob("*.toml"))
@@ -298,6 +306,6 @@ def test_a_setting_of_the_other_decoder_is_an_error():
 def test_a_net_the_prior_cannot_use_is_named():
     table = with_prior("autoregressive")
     table["net"].update(type="hourglass", depth=[1, 1, 1])
-    with pytest.raises(UserError, match="net.type: a autoregressive prior takes net.type 'vanilla' or 'transformer', "
+    with pytest.raises(UserError, match="net.type: an autoregressive prior takes net.type 'vanilla' or 'transformer', "
                                         "got 'hourglass'"):
         config_from_dict(table)
