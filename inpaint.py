@@ -13,12 +13,10 @@ from pathlib import Path
 
 import torch
 
-from generation.inpainting import figure_row, inpaint, latent_keep_mask, load_inputs, regenerate_mask
 from generation.pretrained import add_prior_args, prior_from_args, sampling_from_args
 from infra.cli import ArgumentParser, run_cli
 from infra.devices import configure_threads
 from infra.errors import UserError
-from infra.images import save_png
 
 
 def parse_args(argv):
@@ -42,6 +40,10 @@ def parse_args(argv):
 def main(argv=None):
     configure_threads()  # first: SUNDAE_THREADS / OMP_NUM_THREADS, else 1 (infra/devices.py)
     args = parse_args(argv)
+    # imported once the arguments parse: torchvision and PIL take seconds
+    from generation.inpainting import figure_row, inpaint, latent_keep_mask, load_inputs, regenerate_mask
+    from infra.images import save_png
+
     if args.nb_samples < 1:
         raise UserError(f"--nb-samples must be >= 1, got {args.nb_samples}")
     prior = prior_from_args(args, max_batch=args.nb_samples)

@@ -8,16 +8,15 @@ and an ADM-layout .npz, resumable, on one process or many.
 
 Re-running the same command after an interruption (with any number of processes) completes the
 set without overwriting. Each process takes every W-th batch of the one global set, so the
-samples do not depend on the number of processes.
+samples do not depend on the number of processes. An --out-dir records the request that made its
+samples (request.json): another request is refused there, and so is a second job while one runs.
 """
 import json
 import math
 
-from generation.bulk import bulk_sample, save_sample_grid
 from generation.pretrained import add_prior_args, prior_from_args, sampling_from_args
 from infra.cli import ArgumentParser, run_cli
 from infra.devices import configure_threads, default_device
-from infra.distributed import from_environment, process_group
 from infra.errors import UserError
 from infra.files import writable_dir, writable_file
 
@@ -44,6 +43,10 @@ def parse_args(argv):
 def main(argv=None):
     configure_threads()  # first: SUNDAE_THREADS / OMP_NUM_THREADS, else 1 (infra/devices.py)
     args = parse_args(argv)
+    # imported once the arguments parse: torchvision and Lightning (the out-dir's lock) take seconds
+    from generation.bulk import bulk_sample, save_sample_grid
+    from infra.distributed import from_environment, process_group
+
     for flag, value, minimum in (("--batch-size", args.batch_size, 1), ("--count-offset", args.count_offset, 0),
                                  ("--nb-samples", args.nb_samples, 1)):
         if value is not None and value < minimum:

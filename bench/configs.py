@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 
 from infra.config import read_toml
+from priors.base import a_prior
 from training.config import config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def with_prior(cfg, kind, net=None):
     values = table(cfg)
     values["prior"] = {"type": kind}
     values.pop("sampling", None)
-    new = config_from_dict(edit(values, {"net": net or {}}), source=f"{cfg.path or 'config'} as a {kind} prior",
+    new = config_from_dict(edit(values, {"net": net or {}}), source=f"{cfg.path or 'config'} as {a_prior(kind)}",
                            warn=False)
     new.path = cfg.path
     return new

@@ -5,6 +5,7 @@ config's is refused by name."""
 import argparse
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -15,7 +16,7 @@ from infra.errors import UserError
 from infra.precision import INFERENCE_PRECISIONS, check_precision, inference_precision
 from latents.render import render_tokens
 from priors import PRIORS, prior_for
-from priors.base import Bucketed, Prior
+from priors.base import Bucketed, Prior, a_prior
 from priors.settings import field_kind, fields, with_overrides
 from training.checkpoint import load_denoiser
 from training.config import Config, load_config
@@ -73,7 +74,7 @@ def sampling_from_args(prior, args):
     for name, value in given.items():
         if name not in hints:
             raise UserError(f"{flag(name)}: a sampling setting of {' and '.join(known[name][2])} priors, but "
-                            f"{prior.cfg.path} trains a {prior.type.name} prior")
+                            f"{prior.cfg.path} trains {a_prior(prior.type.name)}")
         check_value(value, hints[name], flag(name))
     return with_overrides(prior.cfg.sampling, given)
 
@@ -102,6 +103,7 @@ class TrainedPrior:
     device: torch.device
     precision: str = "32"  # inference autocast: "32" | "bf16" | "16" (infra.precision)
     sampling_model: Optional[torch.nn.Module] = None  # the model the samplers call (compiled or not)
+    checkpoint: Optional[Path] = None  # the file the weights came from (for the record of a bulk job)
 
     def sample(self, start, settings, **kwargs):
         """The prior's sampler on this model (see Prior.sample), at self.precision."""
@@ -111,7 +113,7 @@ class TrainedPrior:
     def compile(self, max_batch):
         """Sample through torch.compile (one graph per power-of-two batch up to max_batch)."""
         if not self.type.compiles:
-            raise UserError(f"--compile: a {self.type.name} prior samples eagerly only; priors that compile: "
+            raise UserError(f"--compile: {a_prior(self.type.name)} samples eagerly only; priors that compile: "
                             f"{', '.join(name for name, p in PRIORS.items() if p.compiles)}")
         self.sampling_model = Bucketed(self.model, max_batch)
 
@@ -151,4 +153,5 @@ def load_prior(cfg_path, ckpt_path, device="cpu", vqgan_device=None):
     device = resolve_device(device)
     model = load_denoiser(ckpt_path, cfg, device=device)
     vqgan = load_config_vqgan(cfg, resolve_device(vqgan_device or "cpu"))
-    return TrainedPrior(cfg=cfg, type=prior_for(cfg), model=model, vqgan=vqgan, device=device)
+    return TrainedPrior(cfg=cfg, type=prior_for(cfg), model=model, vqgan=vqgan, device=device,
+                        checkpoint=Path(ckpt_path))

@@ -61,6 +61,12 @@ def denoiser(model):
     return model if isinstance(model, Denoiser) else Denoiser(model)
 
 
+def a_prior(name):
+    """'a sundae prior', 'an absorbing prior', 'an autoregressive prior': a prior's name in a
+    sentence, with the article its first letter takes."""
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name} prior"
+
+
 class Prior:
     """The interface; each prior module fills it in for one `[prior] type` (priors/__init__.py)."""
 
@@ -154,7 +160,7 @@ class Prior:
     def check_sampling(self, settings):
         """PriorError, before any sampling, for settings this prior cannot sample with."""
         if not isinstance(settings, self.Sampling):
-            raise PriorError(f"a {self.name} prior samples with {self.Sampling.__name__}, got "
+            raise PriorError(f"{a_prior(self.name)} samples with {self.Sampling.__name__}, got "
                              f"{type(settings).__name__}")
         if self.guidance and settings.guides and self.null_class is None:
             raise PriorError("sampling.guidance_scale: classifier-free guidance needs a class-conditional "

@@ -44,7 +44,7 @@ def test_latents_after_a_png_only_run_and_a_kill_equal_a_clean_run(prior, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         run(prior, tmp_path / "out", tmp_path / "grids.npy")
     monkeypatch.undo()
-    assert not (tmp_path / "grids.npy").exists()  # only the .partial and .filled files
+    assert not (tmp_path / "grids.npy").exists()  # only the partial files in the out-dir
     summary = run(prior, tmp_path / "out", tmp_path / "grids.npy")
     np.testing.assert_array_equal(np.load(tmp_path / "grids.npy"), clean)
     assert summary["sampled_now"] == 6 - 2 * interrupt_after and summary["written_now"] == 0

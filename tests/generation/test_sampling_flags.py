@@ -1,15 +1,17 @@
 """The sampling scripts' flags are derived from the priors' Sampling settings: one flag per field,
 checked by that field's rules, a start value alone makes a constant schedule, and a flag of
-another prior is refused by name."""
+another prior is refused by name (with the right article: 'an absorbing prior')."""
 import tomllib
 from types import SimpleNamespace
 
 import pytest
+import torch
 
-from generation.pretrained import add_prior_args, flag, sampling_from_args
+from generation.pretrained import TrainedPrior, add_prior_args, flag, sampling_from_args
 from infra.cli import ArgumentParser
 from infra.errors import UserError
 from priors import PRIORS, prior_for
+from priors.base import a_prior
 from priors.settings import fields
 from tests.helpers import TINY_CONFIG
 from training.config import config_from_dict
@@ -60,3 +62,25 @@ def test_flags_override_the_config_and_a_start_alone_is_a_constant_schedule():
 def test_a_flag_is_checked_by_its_field_and_its_prior(argv, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
         sampling_from_args(trained(), parser().parse_args(REQUIRED + argv))
+
+
+def test_a_prior_takes_the_article_of_its_name():
+    assert {name: a_prior(name) for name in PRIORS} == {
+        "sundae": "a sundae prior", "absorbing": "an absorbing prior", "autoregressive": "an autoregressive prior"}
+
+
+def as_prior(kind, **net):
+    """The tiny config under another prior (its [sampling] the defaults)."""
+    table = tomllib.loads(TINY_CONFIG.format(runs="runs", data="data/tiny"))
+    del table["unroll_steps"], table["sampling"]
+    table["prior"], table["net"] = {"type": kind}, {**table["net"], **net}
+    cfg = config_from_dict(table)
+    cfg.path = "tiny.toml"
+    return TrainedPrior(cfg=cfg, type=prior_for(cfg), model=None, vqgan=None, device=torch.device("cpu"))
+
+
+def test_messages_name_a_prior_with_its_article():
+    with pytest.raises(UserError, match="tiny.toml trains an absorbing prior"):
+        sampling_from_args(as_prior("absorbing"), parser().parse_args(REQUIRED + ["--min-steps", "2"]))
+    with pytest.raises(UserError, match="--compile: an autoregressive prior samples eagerly only"):
+        as_prior("autoregressive", type="vanilla", depth=2).compile(4)

@@ -85,9 +85,9 @@ def test_a_checkpoint_of_another_prior_is_refused(trained, tmp_path):
     cfg, _ = trained["sundae"]
     _, other = trained["absorbing"]
     proc = run_main("sample.py", "--cfg-path", cfg, "--resume", other, "--out-dir", tmp_path / "s")
-    assert_user_error(proc, "a checkpoint of a absorbing prior", "has prior.type = 'sundae'")
+    assert_user_error(proc, "a checkpoint of an absorbing prior", "has prior.type = 'sundae'")
     proc = run_main("train.py", "--cfg-path", cfg, "--resume", other)
-    assert_user_error(proc, "a checkpoint of a absorbing prior")
+    assert_user_error(proc, "a checkpoint of an absorbing prior")
 
 
 @pytest.mark.slow
@@ -98,4 +98,4 @@ def test_maskgit_decodes_the_same_absorbing_model(trained, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "mean steps used 8.0" in proc.stdout
     proc = run_main("sample.py", "--cfg-path", cfg, "--resume", ckpt, "--top-k", 5, "--out-dir", tmp_path / "x")
-    assert_user_error(proc, "--top-k: a sampling setting of autoregressive priors", "trains a absorbing prior")
+    assert_user_error(proc, "--top-k: a sampling setting of autoregressive priors", "trains an absorbing prior")
