@@ -25,14 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation import image_metrics, inception, inception_stats
+from evaluation.names import IMAGE_METRICS, INCEPTION_FILENAME, WEIGHTS_ENV
 from evaluation.report import format_table, format_token_rows, write_json
-from evaluation.token_evaluator import TokenEvaluator
 from evaluation.token_inputs import check_labels, check_token_grids
 from infra.cli import ArgumentParser, run_cli
-from infra.devices import configure_threads, default_device, resolve_device
 from infra.errors import UserError
-from latents.dataset import LatentDataset
 
 
 def parse_args(argv):
@@ -44,10 +41,9 @@ def parse_args(argv):
     p.add_argument("--sampling-summary", default=None, metavar="summary.json",
                    help="sample.py's summary of the samples: their sampling cost is reported beside the scores")
     images_ = p.add_argument_group("images")
-    images_.add_argument("--metrics", nargs="+", choices=image_metrics.METRICS,
-                         default=list(image_metrics.METRICS))
+    images_.add_argument("--metrics", nargs="+", choices=IMAGE_METRICS, default=list(IMAGE_METRICS))
     images_.add_argument("--inception-weights", default=None, metavar="FILE",
-                         help=f"local {inception.INCEPTION_FILENAME} (default: ${inception.WEIGHTS_ENV}, then the "
+                         help=f"local {INCEPTION_FILENAME} (default: ${WEIGHTS_ENV}, then the "
                               "torch hub cache)")
     images_.add_argument("--batch-size", type=int, default=64)
     images_.add_argument("--device", default=None, help="default: cuda when available")
@@ -68,8 +64,11 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    configure_threads()  # first: SUNDAE_THREADS / OMP_NUM_THREADS, else 1 (infra/devices.py)
     args = parse_args(argv)
+    # torch takes seconds to import: the command line is read first, so that a mistyped flag is
+    # reported at once
+    from infra.devices import configure_threads
+    configure_threads()  # before any torch work: SUNDAE_THREADS / OMP_NUM_THREADS, else 1 (infra/devices.py)
     if args.dataset is not None:
         return evaluate_tokens(args)
     for flag in ("labels", "classifier_cache_dir"):
@@ -79,6 +78,9 @@ def main(argv=None):
 
 
 def evaluate_images(args):
+    from evaluation import image_metrics, inception, inception_stats
+    from infra.devices import default_device, resolve_device
+
     for flag, value, minimum in (("--kid-subset-size", args.kid_subset_size, 2),
                                  ("--kid-subsets", args.kid_subsets, 1)):
         if value < minimum:
@@ -93,7 +95,7 @@ def evaluate_images(args):
         return 0
     if args.reference_stats is not None and args.reference is None:
         raise UserError("--reference-stats caches REFERENCE's statistics; give a REFERENCE")
-    wanted = [m for m in image_metrics.METRICS if m in args.metrics]
+    wanted = [m for m in IMAGE_METRICS if m in args.metrics]
     if args.reference is None and wanted != ["isc"]:
         raise UserError(f"{', '.join(m for m in wanted if m != 'isc')}: compare with a REFERENCE; give one, "
                         "or ask only --metrics isc")
@@ -132,11 +134,14 @@ def _load_npy(path, what):
 
 
 def evaluate_tokens(args):
+    from evaluation.token_evaluator import TokenEvaluator
+    from latents.dataset import LatentDataset
+
     if args.reference is not None:
         raise UserError(f"{args.reference}: --dataset compares token grids with the dataset; give no REFERENCE")
     image_flags = {"--save-stats": args.save_stats is not None, "--reference-stats": args.reference_stats is not None,
                    "--inception-weights": args.inception_weights is not None,
-                   "--metrics": args.metrics != list(image_metrics.METRICS)}
+                   "--metrics": args.metrics != list(IMAGE_METRICS)}
     for flag, given in image_flags.items():
         if given:
             raise UserError(f"{flag}: is for images; token grids (--dataset) get fd, precision/recall/density/"

@@ -2,22 +2,20 @@
 
     python generate-discrete-mnist.py digits data/digits           # bundled with scikit-learn
     python generate-discrete-mnist.py mnist data/mnist --root ~/torchvision-data --levels 16
+
+--levels N keeps N gray levels (the vocabulary), binning the dataset's own: 2 to 17 for digits,
+2 to 256 for the 28x28 sets; all of them by default.
 """
-
-import numpy as np
-
 from infra.cli import ArgumentParser, run_cli
-from infra.data import split_groups
-from infra.devices import configure_threads
-from latents.dataset import create_latent_dataset
-from latents.discrete import TORCHVISION_SETS, digits_grids, torchvision_grids
+from latents.discrete import TORCHVISION_SETS, check_levels
 
 
 def parse_args(argv):
     p = ArgumentParser(__doc__)
     p.add_argument("name", nargs="?", default="digits", choices=["digits", *TORCHVISION_SETS])
     p.add_argument("out_dir")
-    p.add_argument("--levels", type=int, default=256, help="gray levels of the 28x28 sets (vocabulary)")
+    p.add_argument("--levels", type=int, default=None,
+                   help="gray levels kept, the vocabulary (default: all: 17 for digits, 256 for the 28x28 sets)")
     p.add_argument("--root", default="data/torchvision", help="torchvision dataset root (28x28 sets)")
     p.add_argument("--download", action="store_true", help="let torchvision download (needs a network)")
     p.add_argument("--eval-fraction", type=float, default=0.1, help="digits: fraction held out")
@@ -27,10 +25,24 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    configure_threads()  # first: SUNDAE_THREADS / OMP_NUM_THREADS, else 1 (infra/devices.py)
     args = parse_args(argv)
+    check_levels(args.name, args.levels)
+    # torch takes seconds to import: the command line is read first, so that a mistyped flag is
+    # reported at once
+    from infra.devices import configure_threads
+    configure_threads()  # before any torch work: SUNDAE_THREADS / OMP_NUM_THREADS, else 1 (infra/devices.py)
+    write(args)
+
+
+def write(args):
+    import numpy as np
+
+    from infra.data import split_groups
+    from latents.dataset import create_latent_dataset
+    from latents.discrete import digits_grids, torchvision_grids
+
     if args.name == "digits":
-        grids, labels, classes, vocab = digits_grids()
+        grids, labels, classes, vocab = digits_grids(args.levels)
         train, held_out = split_groups(range(len(grids)), [1 - args.eval_fraction, args.eval_fraction],
                                        args.seed)
         splits = {"train": np.asarray(train, dtype=np.int64), "eval": np.asarray(held_out, dtype=np.int64)}

@@ -5,17 +5,8 @@ r"""Encode an image folder with a VQ-GAN into a latent dataset (the format in la
 """
 from pathlib import Path
 
-import numpy as np
-
-from infra.cli import ArgumentParser, run_cli
-from infra.data import split_groups
-from infra.devices import configure_threads, default_device
+from infra.cli import ArgumentParser, int_at_least, run_cli
 from infra.errors import UserError
-from infra.files import sha256_of
-from infra.images import list_class_images, list_images
-from latents.dataset import create_latent_dataset
-from latents.encode import encode_images, image_size
-from vqgan import load_vqgan
 
 
 def parse_args(argv):
@@ -29,9 +20,9 @@ def parse_args(argv):
     p.add_argument("--no-aug", action="store_true", help="do not add horizontally flipped copies")
     p.add_argument("--eval-fraction", type=float, default=0.0,
                    help="fraction of images (not flipped copies) held out as the eval split")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--nb-workers", type=int, default=2)
-    p.add_argument("--resolution", type=int, nargs=2, metavar=("H", "W"),
+    p.add_argument("--batch-size", type=int_at_least(1), default=32)
+    p.add_argument("--nb-workers", type=int_at_least(0), default=2)
+    p.add_argument("--resolution", type=int_at_least(1), nargs=2, metavar=("H", "W"),
                    help="image size fed to the encoder (default: the config's resolution)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/eval split")
@@ -40,15 +31,33 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    configure_threads()  # first: SUNDAE_THREADS / OMP_NUM_THREADS, else 1 (infra/devices.py)
     args = parse_args(argv)
     if not 0.0 <= args.eval_fraction < 1.0:
         raise UserError(f"--eval-fraction must be in [0, 1), got {args.eval_fraction}")
+    # torch and the VQ-GAN take seconds to import: the command line is read first, so that a
+    # mistyped flag is reported at once
+    from infra.devices import configure_threads
+    configure_threads()  # before any torch work: SUNDAE_THREADS / OMP_NUM_THREADS, else 1 (infra/devices.py)
+    encode(args)
+
+
+def encode(args):
+    import numpy as np
+
+    from infra.data import split_groups
+    from infra.devices import default_device
+    from infra.files import sha256_of
+    from infra.images import list_class_images, list_images
+    from latents.dataset import create_latent_dataset
+    from latents.encode import check_batch_fits, encode_images, image_size, report_skipped
+    from vqgan import load_vqgan
+
     device = args.device or default_device()
     vqgan = load_vqgan(args.cfg_path, args.ckpt_path, legacy_cfg=True if args.legacy_cfg else None,
                        device=device)
     f = vqgan.downsample_factor
     size = image_size(vqgan, args.resolution)
+    check_batch_fits(vqgan, size, args.batch_size, device, copies=1 if args.no_aug else 2)
 
     if Path(args.dataset_in).is_file():
         raise UserError(f"{args.dataset_in}: --dataset-in must be a directory of images")
@@ -90,10 +99,7 @@ def main(argv=None):
                           if labels is not None else None)
             rows.write(0, encoded.tokens, row_labels, encoded.sources, encoded.flipped)
             print(f"{name}: {len(encoded.tokens)} grids of {latent_shape[0]}x{latent_shape[1]} tokens")
-    for path in skipped:
-        print(f"warning: skipped unreadable image {path}")
-    if skipped:
-        print(f"warning: {len(skipped)} unreadable image(s) skipped")
+    report_skipped(skipped)
     print(f"wrote {args.latents_out}")
 
 

@@ -12,26 +12,9 @@ that its shorter side is ddconfig.resolution, then centre-cropped square. The ru
 config.yaml (a copy) and checkpoints/last.ckpt: give both to load_vqgan, generate-latents.py,
 recon-vqgan.py or a SUNDAE config's [vqgan] section.
 """
-import dataclasses
-import warnings
 from pathlib import Path
 
-import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_only
-
-from infra.cli import ArgumentParser, run_cli
-from infra.config import build
-from infra.data import RESUME_WARNING
-from infra.devices import configure_threads, resolve_devices
-from infra.runs import claim_run_dir, run_seed
-from infra.trainer import add_run_args, build_trainer
-from vqgan.checkpoint import load_state_dict
-from vqgan.errors import VQGANError
-from vqgan.loading import check_state_dict
-from vqgan.lpips import load_lpips
-from vqgan.training import VQGANModule, learning_rate
-from vqgan.training_config import TrainingConfig, load_train_config
-from vqgan.training_data import ImageDataModule, scan_images, split_files
+from infra.cli import ArgumentParser, add_run_args, int_at_least, run_cli
 
 
 def parse_args(argv):
@@ -41,18 +24,22 @@ def parse_args(argv):
     p.add_argument("--eval-dataset", help="folder of held-out images (default: training.eval_fraction "
                                           "of --dataset)")
     p.add_argument("--run-dir", help="output directory (default: runs/vqgan-<config name>)")
-    p.add_argument("--nb-workers", type=int, help="data loader workers (overrides data.params.num_workers)")
+    p.add_argument("--nb-workers", type=int_at_least(0),
+                   help="data loader workers (overrides data.params.num_workers)")
     add_run_args(p)
     return p.parse_args(argv)
 
 
-def perceptual_model(cfg):
+def perceptual_model(cfg, rank):
     """LPIPS from training.lpips_weights, or None (with a note) when there are no local weights."""
+    from vqgan.errors import VQGANError
+    from vqgan.lpips import load_lpips
+
     if cfg.loss.perceptual_weight == 0:
         return None
     path = cfg.training.lpips_weights
     if path is None:
-        if rank_zero_only.rank == 0:
+        if rank == 0:
             print("note: perceptual loss off (weight 0): training.lpips_weights is not set and LPIPS "
                   "weights are never downloaded. Point it at a local LPIPS state_dict or any "
                   "taming VQ-GAN checkpoint to use it, or set perceptual_weight: 0.0 to silence "
@@ -64,27 +51,54 @@ def perceptual_model(cfg):
 
 
 def main(argv=None):
-    configure_threads()  # first: SUNDAE_THREADS / OMP_NUM_THREADS, else 1 (infra/devices.py)
     args = parse_args(argv)
+    # torch and Lightning take seconds to import: the command line is read first, so that a
+    # mistyped flag is reported at once
+    from infra.devices import configure_threads
+    configure_threads()  # before any torch work: SUNDAE_THREADS / OMP_NUM_THREADS, else 1 (infra/devices.py)
+    return train(args)
+
+
+def train(args):
+    import dataclasses
+    import warnings
+
+    import pytorch_lightning as pl
+    from pytorch_lightning.utilities import rank_zero_only
+
+    from infra.config import build
+    from infra.data import RESUME_WARNING
+    from infra.devices import resolve_devices
+    from infra.runs import claim_run_dir, run_seed
+    from infra.trainer import build_trainer, fit
+    from latents.encode import report_skipped
+    from vqgan.checkpoint import read_training_checkpoint
+    from vqgan.errors import VQGANError
+    from vqgan.loading import check_state_dict
+    from vqgan.training import VQGANModule, learning_rate
+    from vqgan.training_config import TrainingConfig, load_train_config
+    from vqgan.training_data import ImageDataModule, scan_images, split_files
+
     cfg = load_train_config(args.cfg_path)
     overrides = {k: v for k, v in {"max_steps": args.max_steps, "precision": args.precision}.items() if v is not None}
     training = build(TrainingConfig, {**dataclasses.asdict(cfg.training), **overrides}, "training", "command line")
     cfg = dataclasses.replace(cfg, training=training)
-    if args.nb_workers is not None and args.nb_workers < 0:
-        raise VQGANError(f"--nb-workers must be >= 0, got {args.nb_workers}")
     devices = resolve_devices(args.accelerator, args.devices, args.num_nodes)
-    args.seed = run_seed(args.seed)  # default 0
+    # read as Lightning will read it, so that a checkpoint it would refuse is refused here, in one
+    # line and before the run directory is touched; it also holds the seed the run continues with
+    resumed = read_training_checkpoint(args.resume) if args.resume else None
+    args.seed = run_seed(args.seed, resumed["hyper_parameters"]["seed"] if resumed else None, args.resume)
     pl.seed_everything(args.seed, workers=True, verbose=False)
 
     resolution = cfg.resolution
     files, unreadable = scan_images(args.dataset, resolution)
-    for path in unreadable:
-        print(f"warning: skipped unreadable image {path}")
     if args.eval_dataset:
-        train_files, (eval_files, _) = files, scan_images(args.eval_dataset, resolution)
+        (eval_files, eval_unreadable), train_files = scan_images(args.eval_dataset, resolution), files
+        unreadable += eval_unreadable
     else:
         train_files, eval_files = split_files(files, training.eval_fraction, training.max_eval_images, seed=args.seed)
     eval_files = eval_files[:training.max_eval_images]
+    report_skipped(unreadable)
     world = devices.world_size
     if len(train_files) < cfg.data.batch_size * world:
         raise VQGANError(f"{args.dataset}: {len(train_files)} training images, fewer than one batch "
@@ -94,12 +108,13 @@ def main(argv=None):
                            num_workers=cfg.data.num_workers if args.nb_workers is None else args.nb_workers)
 
     run_dir = Path(args.run_dir or Path("runs") / f"vqgan-{Path(args.cfg_path).stem}")
-    module = VQGANModule(cfg, seed=args.seed, run_dir=run_dir, perceptual=perceptual_model(cfg),
+    module = VQGANModule(cfg, seed=args.seed, run_dir=run_dir, perceptual=perceptual_model(cfg, rank_zero_only.rank),
                          codebook_window=training.codebook_window or data.steps_per_epoch(world))
-    if args.resume:
+    if resumed is not None:
         # a checkpoint of another architecture fails here with one line, not inside Lightning
-        check_state_dict(module, load_state_dict(args.resume),
+        check_state_dict(module, resumed["state_dict"],
                          f"checkpoint {args.resume} does not fit config {args.cfg_path}")
+        del resumed  # Lightning reads the file again, with the same weights-only restriction
 
     with claim_run_dir(run_dir, args.cfg_path, "config.yaml", ["reconstructions"], args.resume, args.overwrite,
                        args.no_save, rename_hint="choose another --run-dir", rank=rank_zero_only.rank):
@@ -120,7 +135,9 @@ def main(argv=None):
             warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # LPIPS
             # the training batches follow trainer.global_step, so a mid-epoch resume is exact
             warnings.filterwarnings("ignore", message=RESUME_WARNING)
-            trainer.fit(module, datamodule=data, ckpt_path=args.resume)
+            stopped = fit(trainer, module, datamodule=data, ckpt_path=args.resume, weights_only=True)
+    if stopped is not None:
+        return stopped  # SIGTERM: stopped after a batch, its checkpoint written (infra/trainer.py)
     if trainer.is_global_zero:
         print(f"run directory: {run_dir}")
         if not args.no_save:

@@ -3,6 +3,7 @@
     metrics           feature-space metrics: FID/KID/IS through torch-fidelity, precision/recall/
                       density/coverage through prdc, a float64 Fréchet distance for other features
     report            the printed tables (the token table with its notes) and the JSON file
+    names             the names evaluate.py's command line offers (importable without torch)
 
 Images (datasets with a VQ-GAN):
     image_sets        what images are read from (folders, ADM .npz, arrays in memory) and the

@@ -2,9 +2,9 @@
 import numpy as np
 
 from evaluation import metrics
+from evaluation.names import IMAGE_METRICS as METRICS
 from infra.errors import UserError
 
-METRICS = ("fid", "kid", "isc", "prdc")
 JSON_KEYS = ("fid", "kid_mean", "kid_std", "isc_mean", "isc_std", "precision", "recall", "density",
              "coverage", "n_samples", "n_reference")
 

@@ -22,13 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from evaluation.names import INCEPTION_FILENAME, WEIGHTS_ENV
 from infra.errors import UserError
 from infra.files import sha256_of
 
-INCEPTION_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILENAME}"
 INCEPTION_SHA256_PREFIX = "6726825d"
-WEIGHTS_ENV = "INCEPTION_WEIGHTS"
 FEATURE_LAYERS = ("2048", "logits_unbiased")  # FID/KID/prdc features, IS logits (torch-fidelity's choices)
 
 

@@ -1,12 +1,14 @@
-"""Turn image files into VQ-GAN token grids (the work behind generate-latents.py)."""
+"""Turn image files into VQ-GAN token grids (the work behind generate-latents.py and recon-vqgan.py)."""
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from infra.devices import memory_bytes
 from infra.errors import UserError
-from infra.images import ImageFiles, collate_skipping_unreadable
+from infra.images import ImageFiles, collate_skipping_unreadable, open_rgb
 
 
 @dataclass
@@ -22,10 +24,48 @@ def image_size(vqgan, resolution=None):
     """The (H, W) images are brought to: `resolution` if given, else the VQ-GAN's own."""
     f = vqgan.downsample_factor
     size = tuple(resolution) if resolution else (vqgan.resolution, vqgan.resolution)
-    if size[0] % f or size[1] % f:
-        raise UserError(f"--resolution {size[0]} {size[1]}: both sides must be divisible by the "
-                          f"VQ-GAN's downsample factor {f}")
+    if min(size) < 1 or size[0] % f or size[1] % f:
+        raise UserError(f"--resolution {size[0]} {size[1]}: both sides must be positive and divisible by "
+                        f"the VQ-GAN's downsample factor {f}")
     return size
+
+
+def batch_bytes(vqgan, size, images):
+    """A lower bound on the memory that encoding (or decoding) `images` images of `size` at once
+    needs: their float32 pixels, and one convolution's input and output at full resolution, where
+    the encoder's first level (and the decoder's last) has ch * ch_mult[0] channels."""
+    dd = vqgan.config.ddconfig
+    width = dd.ch * max(1, dd.ch_mult[0])
+    return images * 4 * size[0] * size[1] * (3 + 2 * width)
+
+
+def check_batch_fits(vqgan, size, batch_size, device, copies=1):
+    """UserError, before anything is allocated, when a batch of `batch_size` images (`copies`
+    rows each, 2 with mirrored copies) at `size` needs more memory than `device` has."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        have, where = torch.cuda.get_device_properties(device).total_memory, f"{device}'s"
+    else:
+        have, where = memory_bytes(), "this machine's"
+    need = batch_bytes(vqgan, size, batch_size * copies)
+    if need > have:
+        raise UserError(f"--resolution {size[0]} {size[1]}: a batch of {batch_size * copies} image(s) at "
+                        f"{size[0]}x{size[1]} needs at least {need / 2**30:,.1f} GiB (pixels and full-resolution "
+                        f"activations, float32), more than {where} {have / 2**30:,.1f} GiB of memory; "
+                        "lower --resolution or --batch-size")
+
+
+def report_skipped(paths):
+    """One warning line per unreadable image, on stderr, saying why, then how many were skipped."""
+    for path in paths:
+        try:
+            open_rgb(path)
+            why = f"{path}: unreadable image (it could not be read at the time)"
+        except UserError as e:
+            why = str(e)
+        print(f"warning: {why}; skipped", file=sys.stderr)
+    if paths:
+        print(f"warning: {len(paths)} unreadable image(s) skipped", file=sys.stderr)
 
 
 @torch.inference_mode()

@@ -9,6 +9,7 @@ turns every other global into an inert placeholder without importing or calling 
 """
 import collections
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +49,28 @@ def load_state_dict(path) -> dict[str, torch.Tensor]:
     return _state_dict_of(_torch_load(path), path)
 
 
+def read_training_checkpoint(path):
+    """A checkpoint of train-vqgan.py for --resume, checked before anything is written: read the
+    way Lightning will read it (weights only: tensors and plain containers), with its weights,
+    optimiser states, step and seed (`hyper_parameters.seed`). VQGANError, one line, otherwise."""
+    path = _existing_file(path)
+    checkpoint = _torch_load(path, resuming=True)
+    missing = [key for key in ("state_dict", "optimizer_states", "global_step")
+               if not isinstance(checkpoint, Mapping) or key not in checkpoint]
+    if missing:
+        raise VQGANError(f"{path}: not a training checkpoint of train-vqgan.py (no {', '.join(missing)}); "
+                         "--resume continues a run from its checkpoints/last.ckpt")
+    seed = (checkpoint.get("hyper_parameters") or {}).get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise VQGANError(f"{path}: records no seed (hyper_parameters.seed), so the run it continues "
+                         "cannot be repeated; resume from a last.ckpt that train-vqgan.py wrote")
+    state = checkpoint["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                 for k, v in state.items()):
+        raise VQGANError(f"{path}: its state_dict is not a dict of tensors")
+    return checkpoint
+
+
 def _existing_file(path):
     path = Path(path)
     if not path.is_file():
@@ -63,7 +86,10 @@ def _read_safetensors(path, wanted, strip):
         raise VQGANError(f"cannot read checkpoint {path}: {_first_line(e)}") from None
 
 
-def _torch_load(path):
+def _torch_load(path, resuming=False):
+    """torch.load without running pickled code: a global outside torch's weights-only allow-list
+    becomes an inert placeholder, unless `resuming` (Lightning loads the file again, weights only,
+    and would fail on it), where it is refused."""
     # memory-map zip checkpoints so a multi-GB file is paged in lazily, and the tensors that
     # are never selected are never read; legacy (pre-1.6) files cannot be mapped
     mmap = zipfile.is_zipfile(path)
@@ -72,8 +98,14 @@ def _torch_load(path):
         raise VQGANError(f"cannot read checkpoint {path}: a TorchScript archive, not a state_dict")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError:
-        pass  # a global outside torch's allow-list; retry with placeholders for such globals
+    except pickle.UnpicklingError as e:
+        if resuming:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+            raise VQGANError(f"{path}: cannot resume from it: it holds "
+                             f"{f'an object of {found.group(1)}' if found else 'pickled objects'}, not only "
+                             "tensors and plain containers, and is never unpickled; resume from a "
+                             "last.ckpt that train-vqgan.py wrote") from None
+        # else: retry with placeholders for such globals
     except Exception as e:  # torch reports corrupt files with many exception types
         raise VQGANError(f"cannot read checkpoint {path}: {_first_line(e)}") from None
     try:

@@ -16,8 +16,17 @@ from typing import Literal
 
 from omegaconf import OmegaConf
 
-from infra.config import (ConfigError, NonNegativeFloat, PositiveInt, build, field_names, node_at,
-                          read_yaml, section)
+from infra.config import (
+    ConfigError,
+    NonNegativeFloat,
+    PositiveInt,
+    Probability,
+    build,
+    field_names,
+    node_at,
+    read_yaml,
+    section,
+)
 from vqgan.errors import VQGANError
 
 VQ_TARGETS = (
@@ -40,8 +49,8 @@ class DDConfig:
     in_channels: PositiveInt
     out_ch: PositiveInt
     ch_mult: tuple[PositiveInt, ...] = (1, 2, 4, 8)
-    attn_resolutions: tuple[int, ...] = ()
-    dropout: NonNegativeFloat = 0.0
+    attn_resolutions: tuple[PositiveInt, ...] = ()
+    dropout: Probability = 0.0  # [0, 1): a dropout of 1 zeroes every activation
     resamp_with_conv: bool = True
     attn_type: Literal["vanilla", "linear", "none"] = "vanilla"  # LDM only
     use_linear_attn: bool = False  # LDM: overrides attn_type with "linear"

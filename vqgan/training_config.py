@@ -23,8 +23,21 @@ from typing import Annotated, Literal, Optional
 
 from omegaconf import OmegaConf
 
-from infra.config import (ConfigError, Length, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
-                          Precision, Probability, Range, build, field_names, read_yaml, section)
+from infra.config import (
+    ConfigError,
+    Length,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Precision,
+    Probability,
+    Range,
+    build,
+    field_names,
+    read_yaml,
+    section,
+)
 from vqgan.config import VQ_TARGETS, VQGANConfig, config_from_dict
 from vqgan.discriminator import PatchDiscriminator
 from vqgan.errors import VQGANError
@@ -151,6 +164,10 @@ def train_config_from_dict(raw, model: VQGANConfig, source="<dict>") -> VQGANTra
 def _validate(loss, model, fail):
     """The checks that involve the architecture too."""
     lp = "model.params.lossconfig.params"
+    dd = model.ddconfig
+    if dd.resolution % dd.downsample_factor:
+        fail(f"model.params.ddconfig.resolution = {dd.resolution}: training crops images to it, so it must be "
+             f"divisible by the downsample factor {dd.downsample_factor} (2 ** (len(ch_mult) - 1))")
     if loss.disc_in_channels != model.ddconfig.out_ch:
         fail(f"{lp}.disc_in_channels = {loss.disc_in_channels} but the decoder makes "
              f"{model.ddconfig.out_ch}-channel images (ddconfig.out_ch)")

@@ -1,4 +1,6 @@
 """Image folders for VQ-GAN training: checked up front, split, batched in a resumable order."""
+import sys
+
 import pytorch_lightning as pl
 import torch
 from PIL import Image
@@ -53,8 +55,9 @@ class CollateImages:
 
     def __call__(self, batch):
         _, images, bad = collate_skipping_unreadable(batch)
-        for i in bad:
-            print(f"warning: skipped unreadable image {self.files[i]}")
+        for i in bad:  # scan_images let only files with a readable header through
+            print(f"warning: {self.files[i]}: unreadable image (its header read, its pixels failed to "
+                  "decode); skipped", file=sys.stderr)
         if images is None:
             raise VQGANError(f"unreadable images: every image of a batch failed to decode "
                              f"({', '.join(str(self.files[i]) for i in bad[:3])}, ...)")

@@ -62,4 +62,16 @@ def test_mnist_with_a_missing_root_names_the_path(tmp_path):
 
 def test_levels_out_of_range_is_an_error(tmp_path):
     proc = run_main("generate-discrete-mnist.py", "fashion", tmp_path / "out", "--levels", 1)
-    assert_user_error(proc, "--levels", "[2, 256]")
+    assert_user_error(proc, "--levels 1: fashion has 256 gray levels; expected 2 to 256")
+    assert not (tmp_path / "out").exists()
+
+
+def test_digits_levels_bin_the_17_gray_levels(tmp_path, digits):
+    proc = run_main("generate-discrete-mnist.py", "digits", tmp_path / "four", "--levels", 4)
+    assert proc.returncode == 0, proc.stderr
+    assert read_meta(tmp_path / "four")["codebook_size"] == 4
+    for split in ("train", "eval"):
+        full, four = LatentDataset(digits, split).tokens, LatentDataset(tmp_path / "four", split).tokens
+        # the same rows, each of the 17 levels in one of 4 equal-width bins: 0-4, 5-8, 9-12, 13-16
+        np.testing.assert_array_equal(four, full.astype(np.int64) * 4 // 17)
+    assert set(np.unique(four)) == {0, 1, 2, 3}

@@ -223,6 +223,17 @@ def test_resume_continues_identically(tiny_run, tmp_path):
     assert [s for s, _ in metrics(run_dir, "eval/psnr")] == [5, 11]
 
 
+@pytest.mark.filterwarnings("ignore:The dirpath has changed")  # resumed into another run directory
+def test_a_resume_continues_with_the_seed_of_its_checkpoint(tiny_run, tmp_path):
+    # tiny_run trained with --seed 1: a resume without --seed continues with 1 (the held-out split
+    # and the batch order derive from it), not with the default 0, and its checkpoints record it
+    assert load(tiny_run.last)["hyper_parameters"]["seed"] == 1
+    train("--cfg-path", tiny_run.cfg, "--dataset", tiny_run.images, "--run-dir", tmp_path / "run",
+          "--resume", tiny_run.last, "--max-steps", 13)
+    resumed = load(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == 13 and resumed["hyper_parameters"]["seed"] == 1
+
+
 @pytest.mark.slow
 def test_two_process_cpu_ddp(tiny_run, tmp_path):
     # both optimisers under DDP (each backward leaves the other half of the parameters unused),
