@@ -46,7 +46,7 @@ from einops import rearrange
 from infra.config import NonNegativeFloat, PositiveInt, setting
 from priors.base import Prior, SampleResult, StepLoss, denoiser
 from priors.errors import PriorError
-from priors.grids import checked_logits, cond_for, count, masked_start, sample_categorical
+from priors.grids import StepRecorder, checked_logits, cond_for, count, masked_start, sample_categorical
 from priors.settings import ParallelSampling, PriorSettings
 
 LOSS_TYPES = ("reweighted_elbo", "elbo")
@@ -188,7 +188,7 @@ def _masked_cross_entropy_sum(logits, tokens, mask):
 
 @torch.inference_mode()
 def sample_absorbing(model, start, settings, *, num_tokens, nb_samples=None, cond=None, keep_mask=None,
-                     generator=None, device=None, return_history=False):
+                     generator=None, device=None, return_history=False, on_step=None):
     """Unmask a grid in a random order over S = settings.steps steps (Unleashing Transformers' sampler).
 
     model(x (A, h, w) in [0, V], cond) -> logits (A, h, w, V), or a priors.base.Denoiser.
@@ -206,7 +206,7 @@ def sample_absorbing(model, start, settings, *, num_tokens, nb_samples=None, con
     n, device = tokens.shape[0], tokens.device
     cond = cond_for(cond, n, device)
     steps_used = torch.zeros(n, dtype=torch.long, device=device)
-    history = [tokens.clone()] if return_history else None
+    record = StepRecorder(tokens, return_history, on_step)
 
     for step in range(steps):
         t = steps - step
@@ -219,9 +219,8 @@ def sample_absorbing(model, start, settings, *, num_tokens, nb_samples=None, con
             draws = sample_categorical(logits.float() / temperature, generator=generator)  # (A, h, w)
             tokens[active] = torch.where(reveal[active], draws, tokens[active])
             steps_used[active] += 1
-        if return_history:
-            history.append(tokens.clone())
-    return SampleResult(tokens, steps_used, history)
+        record(tokens)
+    return SampleResult(tokens, steps_used, record.frames)
 
 
 # --- MaskGIT's confidence decoding ---------------------------------------------------------------
@@ -252,7 +251,7 @@ def maskgit_schedule(num_unknown, steps):
 
 @torch.inference_mode()
 def sample_maskgit(model, start, settings, *, num_tokens, nb_samples=None, cond=None, keep_mask=None,
-                   generator=None, device=None, return_history=False):
+                   generator=None, device=None, return_history=False, on_step=None):
     """MaskGIT's confidence decoding with the same denoiser: many tokens per step, surest first.
 
     Step k (0-based, ratio r = (k + 1)/steps): draw every masked position from
@@ -275,7 +274,7 @@ def sample_maskgit(model, start, settings, *, num_tokens, nb_samples=None, cond=
     remaining = (~known).flatten(1).sum(dim=1)  # (N,)
     schedule = maskgit_schedule(remaining, steps)  # (N, S)
     steps_used = torch.zeros(n, dtype=torch.long, device=device)
-    history = [tokens.clone()] if return_history else None
+    record = StepRecorder(tokens, return_history, on_step)
 
     for step in range(steps):
         ratio = (step + 1) / steps
@@ -297,9 +296,8 @@ def sample_maskgit(model, start, settings, *, num_tokens, nb_samples=None, cond=
             tokens[active] = torch.where(remask, torch.full_like(draws, mask_id), draws)
             steps_used[active] += 1
         remaining = target
-        if return_history:
-            history.append(tokens.clone())
-    return SampleResult(tokens, steps_used, history)
+        record(tokens)
+    return SampleResult(tokens, steps_used, record.frames)
 
 
 def _gumbel_noise(shape, scale, generator, device):

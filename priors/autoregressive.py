@@ -26,7 +26,8 @@ from hourglass_transformer.causal import CausalTransformerLM
 from infra.config import PositiveInt, Range, setting
 from priors.base import Prior, SampleResult, StepLoss
 from priors.errors import PriorError
-from priors.grids import checked_logits, cond_for, count, is_real, masked_start, sample_categorical
+from priors.grids import (StepRecorder, checked_logits, cond_for, count, is_real, masked_start,
+                          sample_categorical)
 from priors.settings import SamplingSettings
 
 
@@ -106,7 +107,7 @@ def check_raster_prefix(known):
 
 @torch.inference_mode()
 def sample_autoregressive(model, start, settings, *, num_tokens, nb_samples=None, cond=None, keep_mask=None,
-                          generator=None, device=None, return_history=False):
+                          generator=None, device=None, return_history=False, on_step=None):
     """Sample grids token by token in raster order, from the first unknown position on.
 
     start: a shape, (h, w) with nb_samples or (N, h, w), to sample whole grids; or a LongTensor
@@ -129,7 +130,7 @@ def sample_autoregressive(model, start, settings, *, num_tokens, nb_samples=None
     first = int(prefix.min())  # the first position some sample must draw
     flat = rearrange(tokens, "n h w -> n (h w)").clone()  # (N, h*w), filled in place
     known_flat = rearrange(known, "n h w -> n (h w)")
-    history = [tokens] if return_history else None
+    record = StepRecorder(tokens, return_history, on_step)
     cache = model.new_cache(h, w, device=device) if settings.use_cache else None
 
     for i in range(first, h * w):
@@ -142,10 +143,9 @@ def sample_autoregressive(model, start, settings, *, num_tokens, nb_samples=None
         logits = filter_logits(checked_logits(logits, num_tokens).float() / temperature, top_k=top_k, top_p=top_p)
         draws = sample_categorical(logits, generator=generator)  # (N,)
         flat[:, i] = torch.where(known_flat[:, i], flat[:, i], draws)
-        if return_history:
-            history.append(rearrange(flat, "n (h w) -> n h w", h=h).clone())
+        record(rearrange(flat, "n (h w) -> n h w", h=h))
     steps_used = torch.full((n,), h * w - first, dtype=torch.long, device=device)
-    return SampleResult(rearrange(flat, "n (h w) -> n h w", h=h), steps_used, history)
+    return SampleResult(rearrange(flat, "n (h w) -> n h w", h=h), steps_used, record.frames)
 
 
 # --- the prior -----------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ settings ([prior] and [sampling], priors.settings) and its capabilities as attri
     model = prior.build_model()
     out = prior.loss(model, tokens, cond, generator)          # StepLoss(loss, accuracy, extra)
     result = prior.sample(model, start, cfg.sampling, nb_samples=..., cond=..., keep_mask=...,
-                          generator=..., device=..., return_history=...)   # SampleResult
+                          generator=..., device=..., return_history=..., on_step=...)  # SampleResult
 
 Training, sampling, inpainting, the interactive menu and the metrics while training go through
 this interface only; none of them tests a prior's name.
@@ -64,7 +64,8 @@ def denoiser(model):
 def a_prior(name):
     """'a sundae prior', 'an absorbing prior', 'an autoregressive prior': a prior's name in a
     sentence, with the article its first letter takes."""
-    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name} prior"
+    first = name.lstrip("*_`")[:1].lower()  # a name in Markdown emphasis takes its letter's article
+    return f"{'an' if first and first in 'aeiou' else 'a'} {name} prior"
 
 
 class Prior:
@@ -143,18 +144,19 @@ class Prior:
     # --- sampling -------------------------------------------------------------------------------
 
     def sample(self, model, start, settings, *, nb_samples=None, cond=None, keep_mask=None, generator=None,
-               device=None, return_history=False) -> SampleResult:
+               device=None, return_history=False, on_step=None) -> SampleResult:
         """Grids from `model` (the EMA model in eval mode) with this prior's `settings` (its
         Sampling). start: a shape, (h, w) with nb_samples or (N, h, w), or start tokens with a
-        keep_mask (True = known, kept) to inpaint; cond: (N,) classes of a conditional prior."""
+        keep_mask (True = known, kept) to inpaint; cond: (N,) classes of a conditional prior;
+        on_step(tokens): called with the start and the grids after each step, as they come."""
         self.check_sampling(settings)  # the keep-mask is checked by the sampler, which resolves it
         return self.sampler(settings)(self.guided(model, settings), start, settings, num_tokens=self.num_tokens,
                                       nb_samples=nb_samples, cond=cond, keep_mask=keep_mask, generator=generator,
-                                      device=device, return_history=return_history)
+                                      device=device, return_history=return_history, on_step=on_step)
 
     def sampler(self, settings):
         """The sampling function for these settings: f(model, start, settings, *, num_tokens,
-        nb_samples, cond, keep_mask, generator, device, return_history) -> SampleResult."""
+        nb_samples, cond, keep_mask, generator, device, return_history, on_step) -> SampleResult."""
         raise NotImplementedError
 
     def check_sampling(self, settings):

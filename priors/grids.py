@@ -117,3 +117,23 @@ def positive(name, value):
 
 def is_real(value):
     return isinstance(value, Real) and not isinstance(value, bool)
+
+
+class StepRecorder:
+    """The grids a sampler passes through, from its start: kept as `frames` when asked
+    (return_history), and handed to `on_step(tokens)` as each step ends (a page that shows the
+    denoising while it runs). Each frame is a copy: the sampler goes on writing in place."""
+
+    def __init__(self, start, keep=False, on_step=None):
+        self.frames = [] if keep else None
+        self.on_step = on_step
+        self(start)
+
+    def __call__(self, tokens):
+        if self.frames is None and self.on_step is None:
+            return
+        frame = tokens.clone()
+        if self.frames is not None:
+            self.frames.append(frame)
+        if self.on_step is not None:
+            self.on_step(frame)

@@ -19,7 +19,8 @@ from einops import rearrange
 from infra.config import PositiveFloat, PositiveInt, Range, UnitFloat, setting
 from priors.base import Prior, SampleResult, StepLoss, denoiser
 from priors.errors import PriorError
-from priors.grids import checked_logits, cond_for, count, keep_mask_for, sample_categorical, start_grid
+from priors.grids import (StepRecorder, checked_logits, cond_for, count, keep_mask_for, sample_categorical,
+                          start_grid)
 from priors.settings import ParallelSampling, PriorSettings, schedule
 
 OpenUnit = Annotated[float, Range(0, 1, low_open=True)]  # (0, 1]
@@ -119,7 +120,7 @@ def _cross_entropy(logits, targets):
 
 @torch.inference_mode()
 def sample_sundae(model, start, settings, *, num_tokens, nb_samples=None, cond=None, keep_mask=None,
-                  generator=None, device=None, return_history=False):
+                  generator=None, device=None, return_history=False, on_step=None):
     """Sample token grids by iterated parallel denoising.
 
     model(tokens (A, h, w), cond (A, ...) or None, at=(A, h, w) bool) -> logits (K, V) at the
@@ -152,7 +153,7 @@ def sample_sundae(model, start, settings, *, num_tokens, nb_samples=None, cond=N
     steps_used = torch.zeros(n, dtype=torch.long, device=device)
     quiet_run = torch.zeros(n, dtype=torch.long, device=device)  # quiet steps in a row, per sample
     active = torch.arange(n, device=device)  # indices of the samples still being denoised
-    history = [tokens.clone()] if return_history else None
+    record = StepRecorder(tokens, return_history, on_step)
 
     for step in range(settings.steps):
         current = tokens[active]  # (A, h, w)
@@ -168,8 +169,7 @@ def sample_sundae(model, start, settings, *, num_tokens, nb_samples=None, cond=N
 
         tokens[active] = updated
         steps_used[active] += 1
-        if return_history:
-            history.append(tokens.clone())
+        record(tokens)
 
         if settings.early_stop:
             changed = (updated != current).flatten(1).float().mean(dim=1)  # (A,) fraction of tokens
@@ -179,7 +179,7 @@ def sample_sundae(model, start, settings, *, num_tokens, nb_samples=None, cond=N
                 if active.numel() == 0:
                     break
 
-    return SampleResult(tokens, steps_used, history)
+    return SampleResult(tokens, steps_used, record.frames)
 
 
 def _starting_grid(start, num_tokens, nb_samples, keep_mask, generator, device):

@@ -67,6 +67,7 @@ def test_a_flag_is_checked_by_its_field_and_its_prior(argv, message):
 def test_a_prior_takes_the_article_of_its_name():
     assert {name: a_prior(name) for name in PRIORS} == {
         "sundae": "a sundae prior", "absorbing": "an absorbing prior", "autoregressive": "an autoregressive prior"}
+    assert a_prior("**absorbing**") == "an **absorbing** prior"  # Markdown emphasis (the web page)
 
 
 def as_prior(kind, **net):
