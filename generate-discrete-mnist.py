@@ -2,21 +2,26 @@
 
     python generate-discrete-mnist.py digits data/digits           # bundled with scikit-learn
     python generate-discrete-mnist.py mnist data/mnist --root ~/torchvision-data --levels 16
+    python generate-discrete-mnist.py fashion data/fashion       # apt-get install dataset-fashion-mnist
+
+The 28x28 sets (mnist, fashion, kmnist) are read from torchvision's layout under --root, then,
+for Fashion-MNIST, from Debian's dataset-fashion-mnist package (/usr/share/datasets/fashion-mnist).
 
 --levels N keeps N gray levels (the vocabulary), binning the dataset's own: 2 to 17 for digits,
 2 to 256 for the 28x28 sets; all of them by default.
 """
 from infra.cli import ArgumentParser, run_cli
-from latents.discrete import TORCHVISION_SETS, check_levels
+from latents.discrete import check_levels
+from latents.mnist_files import MNIST_SETS
 
 
 def parse_args(argv):
     p = ArgumentParser(__doc__)
-    p.add_argument("name", nargs="?", default="digits", choices=["digits", *TORCHVISION_SETS])
+    p.add_argument("name", nargs="?", default="digits", choices=["digits", *MNIST_SETS])
     p.add_argument("out_dir")
     p.add_argument("--levels", type=int, default=None,
                    help="gray levels kept, the vocabulary (default: all: 17 for digits, 256 for the 28x28 sets)")
-    p.add_argument("--root", default="data/torchvision", help="torchvision dataset root (28x28 sets)")
+    p.add_argument("--root", default="data/torchvision", help="torchvision dataset root (28x28 sets), searched before Debian's package")
     p.add_argument("--download", action="store_true", help="let torchvision download (needs a network)")
     p.add_argument("--eval-fraction", type=float, default=0.1, help="digits: fraction held out")
     p.add_argument("--seed", type=int, default=0)
@@ -39,7 +44,7 @@ def write(args):
 
     from infra.data import split_groups
     from latents.dataset import create_latent_dataset
-    from latents.discrete import digits_grids, torchvision_grids
+    from latents.discrete import digits_grids, mnist_grids
 
     if args.name == "digits":
         grids, labels, classes, vocab = digits_grids(args.levels)
@@ -51,8 +56,7 @@ def write(args):
     else:
         data = {}
         for name, train in (("train", True), ("eval", False)):
-            grids, labels, classes, vocab = torchvision_grids(args.name, args.root, train, args.levels,
-                                                              args.download)
+            grids, labels, classes, vocab = mnist_grids(args.name, args.root, train, args.levels, args.download)
             data[name] = (grids, labels, [f"{args.name}/{name}[{j}]" for j in range(len(grids))])
     latent_shape = next(iter(data.values()))[0].shape[1:]
     provenance = {"created_by": f"generate-discrete-mnist.py {args.name}", "vqgan": None}

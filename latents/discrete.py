@@ -1,14 +1,12 @@
 """Small image datasets as token grids with no VQ-GAN: each gray level is a token."""
-from pathlib import Path
-
 import numpy as np
 
 from infra.errors import UserError
+from latents.mnist_files import MNIST_SETS, read_mnist
 
-TORCHVISION_SETS = {"mnist": "MNIST", "fashion": "FashionMNIST", "kmnist": "KMNIST"}
 # the gray levels each dataset has, so the most --levels can keep: scikit-learn's digits are
-# 0..16, the torchvision sets uint8
-SOURCE_LEVELS = {"digits": 17, **dict.fromkeys(TORCHVISION_SETS, 256)}
+# 0..16, the MNIST family uint8
+SOURCE_LEVELS = {"digits": 17, **dict.fromkeys(MNIST_SETS, 256)}
 
 
 def check_levels(name, levels):
@@ -35,17 +33,14 @@ def quantise(images, levels, source_levels=256):
     return (images.astype(np.int64) * levels) // source_levels
 
 
-def torchvision_grids(name, root, train, levels=None, download=False):
-    """MNIST-like sets from a local torchvision root: (N, 28, 28) grids, labels, class names."""
-    import torchvision
-
+def mnist_grids(name, root, train, levels=None, download=False):
+    """An MNIST-family set (latents/mnist_files.py: torchvision's layout under `root`, or Debian's
+    package), or torchvision's download into `root` first: (N, 28, 28) grids, labels, class names."""
     levels = SOURCE_LEVELS[name] if levels is None else levels
     check_levels(name, levels)
-    cls = getattr(torchvision.datasets, TORCHVISION_SETS[name])
-    try:
-        ds = cls(root, train=train, download=download)
-    except RuntimeError as e:
-        raise UserError(f"{Path(root) / cls.__name__}: {name} not found ({e}); put the torchvision "
-                          "files there or pass --download where a network exists") from None
-    images = ds.data.numpy()
-    return quantise(images, levels), ds.targets.numpy().astype(np.int64), list(ds.classes), levels
+    if download:
+        import torchvision
+
+        getattr(torchvision.datasets, MNIST_SETS[name][0])(root, train=train, download=True)
+    images, labels, classes = read_mnist(name, root, train)
+    return quantise(images, levels), labels, classes, levels

@@ -75,3 +75,20 @@ def test_digits_levels_bin_the_17_gray_levels(tmp_path, digits):
         # the same rows, each of the 17 levels in one of 4 equal-width bins: 0-4, 5-8, 9-12, 13-16
         np.testing.assert_array_equal(four, full.astype(np.int64) * 4 // 17)
     assert set(np.unique(four)) == {0, 1, 2, 3}
+
+
+def test_fashion_from_debians_package_directory(tmp_path, monkeypatch):
+    """No torchvision files under --root: Debian's dataset-fashion-mnist directory is read."""
+    from latents import mnist_files
+    from tests.latents.test_mnist_files import write_split
+
+    monkeypatch.setattr(mnist_files, "DEBIAN_ROOT", tmp_path / "debian")
+    images, labels = write_split(tmp_path / "debian" / "fashion-mnist", "train", 6, seed=0)
+    write_split(tmp_path / "debian" / "fashion-mnist", "t10k", 3, seed=1)
+    proc = run_main("generate-discrete-mnist.py", "fashion", tmp_path / "out", "--root", tmp_path / "tv",
+                    "--levels", 4)
+    assert proc.returncode == 0, proc.stderr
+    train = LatentDataset(tmp_path / "out", "train")
+    np.testing.assert_array_equal(np.asarray(train.tokens), images // 64)
+    np.testing.assert_array_equal(np.asarray(train.labels), labels)
+    assert train.class_names[0] == "T-shirt/top" and len(LatentDataset(tmp_path / "out", "eval")) == 3
