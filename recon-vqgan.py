@@ -1,5 +1,6 @@
-"""Reconstruct images through a VQ-GAN: saves original | reconstruction per image and reports
-PSNR and codebook usage.
+"""Reconstruct images through a VQ-GAN: saves original | reconstruction per image (or, with
+--recon-only, the reconstruction alone, at the model's input size: a set to score against the
+originals with evaluate.py, the rFID) and reports PSNR and codebook usage.
 
     python recon-vqgan.py photos/ --cfg-path vqgan.yaml --ckpt-path vqgan.ckpt --out-dir recon
 """
@@ -16,6 +17,7 @@ def parse_args(argv):
     p.add_argument("--ckpt-path", required=True, help="VQ-GAN checkpoint (.ckpt, .pth, .safetensors)")
     p.add_argument("--legacy-cfg", action="store_true", help="force the Net2Net (first_stage_config) layout")
     p.add_argument("--out-dir", default="recon")
+    p.add_argument("--recon-only", action="store_true", help="save each reconstruction alone (for evaluate.py)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--resolution", type=int_at_least(1), nargs=2, metavar=("H", "W"),
                    help="image size fed to the encoder (default: the config's resolution)")
@@ -67,7 +69,8 @@ def reconstruct(args):
             originals = torch.stack([transform(open_rgb(encoded.sources[i])) for i in rows])
             for i, original, rec, score in zip(rows, originals, recon, psnr(originals, recon)):
                 source = Path(encoded.sources[i])
-                save_png(torch.stack([original, rec]), out_dir / f"{i:05d}-{source.stem}.png", nrow=2)
+                pair = rec[None] if args.recon_only else torch.stack([original, rec])
+                save_png(pair, out_dir / f"{i:05d}-{source.stem}.png", nrow=2)
                 print(f"{source}: PSNR {score:.2f} dB")
                 scores.append(score.item())
     used = len(set(encoded.tokens.reshape(-1).tolist()))

@@ -157,6 +157,15 @@ def test_recon_vqgan_reports_psnr_and_usage(tmp_path, image_folder, taming_f4):
     used = len(torch.unique(tokens))
     assert f"codebook usage: {used}/64 codes" in proc.stdout
 
+    alone = tmp_path / "alone"  # --recon-only: the reconstruction by itself, as uint8 PNG
+    proc = run_main("recon-vqgan.py", image_folder / "class_a", "--cfg-path", cfg, "--ckpt-path", ckpt,
+                    "--out-dir", alone, "--device", "cpu", "--recon-only")
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(sorted(alone.glob("*.png"))[0]) as im:
+        shown = torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1).float()
+    expected_pixels = ((vqgan.decode(tokens[:1])[0].clamp(-1, 1) + 1) * 127.5)
+    assert shown.shape == (3, 32, 32) and (shown - expected_pixels).abs().max() <= 1.0
+
 
 @pytest.mark.slow
 def test_decompression_bombs_are_skipped_like_other_unreadable_images(tmp_path, image_folder, taming_f4):
