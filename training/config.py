@@ -24,25 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Annotated, Literal, Optional, Union
 
-from infra.config import (
-    Built,
-    ConfigError,
-    Length,
-    NonNegativeFloat,
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
-    Precision,
-    Probability,
-    Range,
-    UnitFloat,
-    build,
-    did_you_mean,
-    field_names,
-    ignored,
-    read_toml,
-    setting,
-)
+from infra.config import (Built, ConfigError, Length, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
+                          Precision, Probability, Range, UnitFloat, build, did_you_mean, field_names, ignored,
+                          read_toml, setting)
 from priors import DEFAULT_PRIOR, PRIORS
 from priors.base import a_prior
 from priors.settings import PriorSettings, SamplingSettings

@@ -16,17 +16,8 @@ from typing import Literal
 
 from omegaconf import OmegaConf
 
-from infra.config import (
-    ConfigError,
-    NonNegativeFloat,
-    PositiveInt,
-    Probability,
-    build,
-    field_names,
-    node_at,
-    read_yaml,
-    section,
-)
+from infra.config import (ConfigError, NonNegativeFloat, PositiveInt, Probability, build, field_names, node_at,
+                          read_yaml, section)
 from vqgan.errors import VQGANError
 
 VQ_TARGETS = (

@@ -23,21 +23,8 @@ from typing import Annotated, Literal, Optional
 
 from omegaconf import OmegaConf
 
-from infra.config import (
-    ConfigError,
-    Length,
-    NonNegativeFloat,
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
-    Precision,
-    Probability,
-    Range,
-    build,
-    field_names,
-    read_yaml,
-    section,
-)
+from infra.config import (ConfigError, Length, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Precision,
+                          Probability, Range, build, field_names, read_yaml, section)
 from vqgan.config import VQ_TARGETS, VQGANConfig, config_from_dict
 from vqgan.discriminator import PatchDiscriminator
 from vqgan.errors import VQGANError

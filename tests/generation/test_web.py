@@ -13,31 +13,10 @@ from PIL import Image
 from generation.inpainting import load_inputs
 from generation.interactive import MenuOptions, render_partial
 from generation.pretrained import load_prior
-from generation.web import (
-    GUIDANCE,
-    MAX_SAMPLES,
-    PRESETS,
-    SHOWN_SIDE,
-    as_text,
-    build_page,
-    cells_of_pixels,
-    controls,
-    enlarged,
-    frame_indices,
-    grid_of,
-    inpaint_picture,
-    inpainting_figure,
-    keep_mask,
-    painted_keep,
-    picture_pixels,
-    read_controls,
-    row_picture,
-    sample_batch,
-    sample_live,
-    shown,
-    shows,
-    upload_picture,
-)
+from generation.web import (GUIDANCE, MAX_SAMPLES, PRESETS, SHOWN_SIDE, as_text, build_page, cells_of_pixels, controls,
+                            enlarged, frame_indices, grid_of, inpaint_picture, inpainting_figure, keep_mask,
+                            painted_keep, picture_pixels, read_controls, row_picture, sample_batch, sample_live, shown,
+                            shows, upload_picture)
 from infra.errors import UserError
 from latents.dataset import LatentDataset
 from priors import PRIORS

@@ -5,16 +5,8 @@ import os
 import pytest
 import torch
 
-from infra.devices import (
-    DEFAULT_THREADS,
-    THREADS_ENV,
-    ThreadSettings,
-    busy_cores,
-    configure_threads,
-    idle_cores,
-    thread_count,
-    usable_cores,
-)
+from infra.devices import (DEFAULT_THREADS, THREADS_ENV, ThreadSettings, busy_cores, configure_threads, idle_cores,
+                           thread_count, usable_cores)
 from infra.errors import UserError
 from tests.helpers import REPO, assert_user_error, run_script
 

@@ -15,15 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import (
-    ONE_THREAD_ENV,
-    REPO,
-    TINY_CONFIG,
-    assert_user_error,
-    load_checkpoint,
-    run_main,
-    write_tiny_latents,
-)
+from tests.helpers import (ONE_THREAD_ENV, REPO, TINY_CONFIG, assert_user_error, load_checkpoint, run_main,
+                           write_tiny_latents)
 from tests.scripts.test_bad_inputs import Case, edited, snapshot, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -6,16 +6,8 @@ import pytest
 
 from infra.errors import UserError
 from priors import PRIORS
-from tests.helpers import (
-    ONE_THREAD_ENV,
-    REPO,
-    TINY_CONFIG,
-    assert_user_error,
-    run_main,
-    run_script,
-    write_tiny_config,
-    write_tiny_latents,
-)
+from tests.helpers import (ONE_THREAD_ENV, REPO, TINY_CONFIG, assert_user_error, run_main, run_script,
+                           write_tiny_config, write_tiny_latents)
 from training.config import config_from_dict, load_config
 
 SHIPPED = sorted((REPO / "config").rglob("*.toml"))
