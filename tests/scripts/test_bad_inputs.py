@@ -35,6 +35,8 @@ class Case:
 
     def __init__(self, tmp_path, tiny_prior):
         self.root, self.prior = tmp_path, tiny_prior
+        self.releases = []  # what a row holds while the script runs (a lock, a socket): undone after
+        self.ignored = set()  # files under root that holding it makes (a lock file), not compared
         self.data = write_tiny_latents(tmp_path / "latents")
         self.runs = tmp_path / "runs"
 
@@ -89,7 +91,9 @@ def out_of_vocabulary(c):
 
 def run_dir_in_use(c):
     (c.runs / "tiny").mkdir(parents=True)
-    c.lock = RunDirLock(c.runs / "tiny").__enter__()  # released by the test
+    lock = RunDirLock(c.runs / "tiny").__enter__()
+    c.releases.append(lambda: lock.__exit__(None, None, None))
+    c.ignored.add("runs/tiny/.lock")
     return train(c)
 
 
@@ -179,21 +183,27 @@ def snapshot(root):
             for p in sorted(root.rglob("*"))}
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, tmp_path, tiny_prior):
-    make, fragment = CASES[name]
-    case = Case(tmp_path, tiny_prior)
+def assert_refused(case, make, *fragments):
+    """Run the command `make(case)` builds: exit status 2, one `error:` line with `fragments`, and
+    no file under case.root (but case.ignored) nor under the shared tiny prior created or changed.
+    Returns the CompletedProcess. The one runner of every bad-input table."""
     argv = make(case)
-    before, prior_before = snapshot(tmp_path), snapshot(tiny_prior.root)
+    before, prior_before = snapshot(case.root), snapshot(case.prior.root)
     try:
         proc = run_main(*argv)
     finally:
-        if hasattr(case, "lock"):
-            case.lock.__exit__(None, None, None)
-    assert_user_error(proc, fragment)
-    after = snapshot(tmp_path)
-    after.pop("runs/tiny/.lock", None) if name == "run-in-use" else None
-    before.pop("runs/tiny/.lock", None) if name == "run-in-use" else None
+        for release in case.releases:
+            release()
+    assert_user_error(proc, *fragments)
+    after = snapshot(case.root)
+    for path in case.ignored:
+        before.pop(path, None), after.pop(path, None)
     assert after == before, f"outputs changed: {set(after.items()) ^ set(before.items())}"
-    assert snapshot(tiny_prior.root) == prior_before
+    assert snapshot(case.prior.root) == prior_before
+    return proc
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, tmp_path, tiny_prior):
+    assert_refused(Case(tmp_path, tiny_prior), *CASES[name])
     assert os.getcwd()  # the interpreter is still usable

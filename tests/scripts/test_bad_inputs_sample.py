@@ -14,7 +14,7 @@ import pytest
 
 from infra.runs import RunDirLock
 from tests.helpers import REPO, assert_user_error, run_main
-from tests.scripts.test_bad_inputs import Case, snapshot
+from tests.scripts.test_bad_inputs import Case, assert_refused
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -28,7 +28,9 @@ def made_by(c, *args):
 
 def out_dir_in_use(c):
     (c.root / "samples").mkdir()
-    c.lock = RunDirLock(c.root / "samples").__enter__()  # another job's: released by the test
+    lock = RunDirLock(c.root / "samples").__enter__()  # another job's
+    c.releases.append(lambda: lock.__exit__(None, None, None))
+    c.ignored.add("samples/.lock")
     return c.sample()
 
 
@@ -66,25 +68,9 @@ CASES = {
 }
 
 
-def run_case(c, make, fragment, name=""):
-    argv = make(c)
-    before, prior_before = snapshot(c.root), snapshot(c.prior.root)
-    try:
-        proc = run_main(*argv)
-    finally:
-        if hasattr(c, "lock"):
-            c.lock.__exit__(None, None, None)
-            before.pop("samples/.lock")
-    assert_user_error(proc, fragment)
-    after = snapshot(c.root)
-    assert after == before, f"{name}: outputs changed: {set(after.items()) ^ set(before.items())}"
-    assert snapshot(c.prior.root) == prior_before
-    return proc
-
-
 @pytest.mark.parametrize("name", CASES)
 def test_bad_sampling_input_is_one_line_exit_2_and_writes_nothing(name, tmp_path, tiny_prior):
-    run_case(Case(tmp_path, tiny_prior), *CASES[name], name)
+    assert_refused(Case(tmp_path, tiny_prior), *CASES[name])
 
 
 def test_the_same_request_completes_its_out_dir_and_then_has_nothing_to_do(tmp_path, tiny_prior):
@@ -107,7 +93,7 @@ def test_a_second_identical_command_is_refused_in_one_line(tmp_path, tiny_prior)
     argv = c.sample("--no-progress", "--save-latents", tmp_path / "g.npy")
     assert run_main(*argv).returncode == 0
     grids = (tmp_path / "g.npy").read_bytes()
-    run_case(c, lambda c: argv, "g.npy: already exists")
+    assert_refused(c, lambda c: argv, "g.npy: already exists")
     assert (tmp_path / "g.npy").read_bytes() == grids
 
 
@@ -134,7 +120,7 @@ def test_a_second_command_while_the_first_samples_is_refused(tmp_path, tiny_prio
 def test_a_disk_too_small_for_the_grids_is_refused_before_anything_is_made(tmp_path, tiny_prior, monkeypatch):
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
-    proc = run_case(Case(tmp_path, tiny_prior), lambda c: c.sample("--save-latents", c.root / "g.npy"),
+    proc = assert_refused(Case(tmp_path, tiny_prior), lambda c: c.sample("--save-latents", c.root / "g.npy"),
                     "g.npy: the token grids need")
     assert "which has 1000 bytes free" in proc.stderr
 
@@ -147,7 +133,7 @@ def test_a_disk_that_fills_while_the_grids_are_allocated_leaves_nothing(tmp_path
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
-    run_case(Case(tmp_path, tiny_prior),  # the out-dir and its new parent are removed again
+    assert_refused(Case(tmp_path, tiny_prior),  # the out-dir and its new parent are removed again
              lambda c: c.sample("--save-latents", c.root / "g.npy", "--out-dir", c.root / "a" / "b"),
              "g.npy: no space left for the")
     assert calls  # allocated for real, not left sparse
@@ -160,7 +146,7 @@ def test_a_torchscript_file_as_checkpoint_is_one_line_without_torch_warnings(tmp
     torch.jit.script(torch.nn.Linear(2, 2)).save(tmp_path / "scripted.pt")
     with warnings.catch_warnings(record=True) as shown:  # what a script would print above its error line
         warnings.simplefilter("always")
-        run_case(Case(tmp_path, tiny_prior), lambda c: c.sample("--resume", tmp_path / "scripted.pt"),
+        assert_refused(Case(tmp_path, tiny_prior), lambda c: c.sample("--resume", tmp_path / "scripted.pt"),
                  "scripted.pt: not a readable checkpoint")
     assert [str(w.message) for w in shown] == []
 

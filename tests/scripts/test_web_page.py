@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import REPO, assert_user_error, run_main
-from tests.scripts.test_bad_inputs import Case, snapshot
+from tests.helpers import REPO, assert_user_error
+from tests.scripts.test_bad_inputs import Case, assert_refused
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 INSTALL = "install them with `make system-packages` (as root: apt-get install -y chromium chromium-driver)"
@@ -37,8 +37,9 @@ def web(c, *args):
 
 
 def port_in_use(c):
-    c.listener = socket.create_server(("127.0.0.1", 0))  # closed by the test
-    return web(c, "--port", c.listener.getsockname()[1])
+    listener = socket.create_server(("127.0.0.1", 0))
+    c.releases.append(listener.close)
+    return web(c, "--port", listener.getsockname()[1])
 
 
 CASES = {
@@ -51,17 +52,7 @@ CASES = {
 
 @pytest.mark.parametrize("name", CASES)
 def test_bad_web_command_line_is_one_line_exit_2_and_writes_nothing(name, tmp_path, tiny_prior):
-    make, fragment = CASES[name]
-    case = Case(tmp_path, tiny_prior)
-    argv = make(case)
-    before, prior_before = snapshot(tmp_path), snapshot(tiny_prior.root)
-    try:
-        proc = run_main(*argv)
-    finally:
-        if hasattr(case, "listener"):
-            case.listener.close()
-    assert_user_error(proc, fragment)
-    assert snapshot(tmp_path) == before and snapshot(tiny_prior.root) == prior_before
+    assert_refused(Case(tmp_path, tiny_prior), *CASES[name])
 
 
 def test_the_command_line_is_read_before_lightning_and_gradio_are_imported():
