@@ -188,15 +188,16 @@ def sampling_cost(path):
         return None
     try:
         summary = json.loads(Path(path).read_text())
-        cost = {"mean_steps_used": summary["mean_steps_used"], "steps": summary["sampling"]["steps"],
+        cost = {"mean_steps_used": summary["mean_steps_used"], "steps": summary["sampling"].get("steps"),
                 "steps_histogram": summary["steps_histogram"], "samples_per_second": summary["samples_per_second"]}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path}: not a summary.json of sample.py ({type(e).__name__}: {e})") from None
     if cost["mean_steps_used"] is None:
         raise UserError(f"{path}: records no sampling (a re-run that found every sample written); "
                         "sample into a new --out-dir to measure the sampling cost")
-    print(f"sampling: mean {cost['mean_steps_used']:.1f} of at most {cost['steps']} steps per sample "
-          f"(early freezing), steps used: {json.dumps(cost['steps_histogram'])}")
+    budget = "" if cost["steps"] is None else f" of at most {cost['steps']}"  # an AR prior has no step budget
+    print(f"sampling: mean {cost['mean_steps_used']:.1f}{budget} model calls per sample, "
+          f"histogram: {json.dumps(cost['steps_histogram'])}")
     return cost
 
 

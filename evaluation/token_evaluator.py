@@ -39,6 +39,43 @@ from infra.errors import UserError
 PRDC_REAL_ROWS = 5000
 
 
+class PositionMarginals:
+    """The per-position token frequencies of a labelled token dataset, per class and pooled: the
+    "marginals" baseline, every position drawn independently (no spatial structure)."""
+
+    def __init__(self, tokens, labels, vocab_size, num_classes):
+        flat = np.asarray(tokens).reshape(len(tokens), -1)  # (N, h*w)
+        self.shape, self.vocab_size = np.shape(tokens)[1:], int(vocab_size)
+        counts = np.zeros((num_classes, flat.shape[1], self.vocab_size))  # (classes, h*w, V)
+        for c in range(num_classes):
+            rows = flat[labels == c]
+            for p in range(flat.shape[1]):
+                counts[c, p] = np.bincount(rows[:, p], minlength=self.vocab_size)
+        self.class_counts = np.bincount(labels, minlength=num_classes)
+        self._cdf = np.cumsum(counts, -1) / np.maximum(counts.sum(-1, keepdims=True), 1)
+        pooled = counts.sum(0)
+        self._cdf_pooled = np.cumsum(pooled, -1) / pooled.sum(-1, keepdims=True)
+
+    def sample(self, n, labels=None, seed=0):
+        """(n, h, w) grids, every position drawn independently from the train split's token
+        frequencies at that position (those of the row's class when labels are given)."""
+        rng = np.random.default_rng(seed)
+        positions = self._cdf_pooled.shape[0]
+        out = np.empty((n, positions), dtype=np.int64)
+        if labels is None:
+            groups = [(np.arange(n), self._cdf_pooled)]
+        else:
+            missing = [c for c in np.unique(labels) if self.class_counts[c] == 0]
+            if missing:
+                raise UserError(f"labels: class {missing[0]} has no rows in the train split")
+            groups = [(np.flatnonzero(labels == c), self._cdf[c]) for c in range(len(self.class_counts))]
+        for rows, cdf in groups:
+            u = rng.random((len(rows), positions))
+            for p in range(positions):
+                out[rows, p] = np.searchsorted(cdf[p], u[:, p], side="right")
+        return np.minimum(out, self.vocab_size - 1).reshape(n, *self.shape)
+
+
 class TokenEvaluator:
     """Scores token grids against a labelled token dataset's train split.
 
@@ -76,17 +113,7 @@ class TokenEvaluator:
                                                                  replace=False))])
         self.nearest = NearestTrainGrid(self.train_tokens, self.vocab_size)
         self.near_copy_threshold, self.near_copy_rule = calibrate(self.nearest, self.eval_tokens, seed)
-        # per-class, per-position token frequencies: (classes, h*w, V) cumulative probabilities
-        flat = self.train_tokens.reshape(len(self.train_tokens), -1)
-        counts = np.zeros((self.num_classes, flat.shape[1], self.vocab_size))
-        for c in range(self.num_classes):
-            rows = flat[self.train_labels == c]
-            for p in range(flat.shape[1]):
-                counts[c, p] = np.bincount(rows[:, p], minlength=self.vocab_size)
-        self.class_counts = np.bincount(self.train_labels, minlength=self.num_classes)
-        self._cdf = np.cumsum(counts, -1) / np.maximum(counts.sum(-1, keepdims=True), 1)
-        pooled = counts.sum(0)
-        self._cdf_pooled = np.cumsum(pooled, -1) / pooled.sum(-1, keepdims=True)
+        self.marginals = PositionMarginals(self.train_tokens, self.train_labels, self.vocab_size, self.num_classes)
 
     def _check(self, samples, labels):
         samples = check_token_grids(samples, self.shape, self.vocab_size, "samples")
@@ -109,23 +136,8 @@ class TokenEvaluator:
         return row
 
     def sample_marginals(self, n, labels=None, seed=0):
-        """(n, h, w) grids, every position drawn independently from the train split's token
-        frequencies at that position (those of the row's class when labels are given)."""
-        rng = np.random.default_rng(seed)
-        positions = self._cdf_pooled.shape[0]
-        out = np.empty((n, positions), dtype=np.int64)
-        if labels is None:
-            groups = [(np.arange(n), self._cdf_pooled)]
-        else:
-            missing = [c for c in np.unique(labels) if self.class_counts[c] == 0]
-            if missing:
-                raise UserError(f"labels: class {missing[0]} has no rows in the train split")
-            groups = [(np.flatnonzero(labels == c), self._cdf[c]) for c in range(self.num_classes)]
-        for rows, cdf in groups:
-            u = rng.random((len(rows), positions))
-            for p in range(positions):
-                out[rows, p] = np.searchsorted(cdf[p], u[:, p], side="right")
-        return np.minimum(out, self.vocab_size - 1).reshape(n, *self.shape)
+        """(n, h, w) grids of the train split's per-position marginals (PositionMarginals.sample)."""
+        return self.marginals.sample(n, labels, seed)
 
     def _eval_counts(self, n, labels):
         """Per-class counts of the eval rows to score, or None (no labels): the labels' class

@@ -355,7 +355,7 @@ def test_class_balanced_samples_and_their_labels_file(tiny_prior, tmp_path):
                     tmp_path / "labels.npy", "--sampling-summary", tmp_path / "s" / "summary.json",
                     "--classifier-cache-dir", tmp_path / "classifiers")
     assert proc.returncode == 0, proc.stderr
-    assert "sampling: mean " in proc.stdout and "of at most 6 steps per sample" in proc.stdout
+    assert "sampling: mean " in proc.stdout and "of at most 6 model calls per sample" in proc.stdout
 
 
 def test_classifier_free_guidance_end_to_end(tmp_path):
