@@ -1,8 +1,8 @@
 """Print the config reference (every key, its default and its one-line doc) generated from the
-config dataclasses, or rewrite the README's block with it.
+config dataclasses, or rewrite the block of docs/guide.md with it.
 
     PYTHONPATH=. python scripts/config_reference.py                 # print it
-    PYTHONPATH=. python scripts/config_reference.py --write README.md
+    PYTHONPATH=. python scripts/config_reference.py --write docs/guide.md
 """
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""The README's config reference is generated from the config dataclasses and cannot drift."""
+"""The guide's config reference is generated from the config dataclasses and cannot drift."""
 import dataclasses
 
 from priors import PRIORS
@@ -7,10 +7,10 @@ from training.config import SECTIONS
 from training.reference import BEGIN, END, reference
 
 
-def test_the_readme_holds_the_generated_reference():
-    text = (REPO / "README.md").read_text()
+def test_the_guide_holds_the_generated_reference():
+    text = (REPO / "docs" / "guide.md").read_text()
     block = text[text.index(BEGIN):text.index(END) + len(END)]
-    assert block == reference(), "run: PYTHONPATH=. python scripts/config_reference.py --write README.md"
+    assert block == reference(), "run: PYTHONPATH=. python scripts/config_reference.py --write docs/guide.md"
 
 
 def test_every_key_of_every_section_and_prior_is_documented():
