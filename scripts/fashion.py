@@ -107,7 +107,8 @@ class Chain:
         return False
 
     def run(self, script, *args, stdout=None, log=None, threads=None):
-        """Run one of our scripts; its output shown (or kept in `stdout`, or written to `log`)."""
+        """Run one of our scripts: its output shown, or kept in the file `stdout` (its last lines
+        shown), or written to `log`."""
         cmd = [sys.executable, script, *map(str, args)]
         print("$ " + " ".join(cmd[1:]) + (f"  > {log}" if log else ""), flush=True)
         env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -117,8 +118,8 @@ class Chain:
         if result.returncode:
             raise UserError(f"{script} failed (exit {result.returncode}{f'; see {log}' if log else ''}); "
                             "fix it and re-run: done stages are kept")
-        if stdout:
-            print(result.stdout, end="")
+        if stdout:  # kept whole in the file, its last lines shown
+            print("\n".join(result.stdout.rstrip("\n").splitlines()[-3:]))
             with atomic_path(stdout) as tmp:
                 tmp.write_text(result.stdout)
 
@@ -129,8 +130,9 @@ class Chain:
 
 
 def first_images(folder, n, out):
-    """Copy the first n images of a class-folder tree, by file name (the set's own order), to out."""
-    files = sorted(folder.rglob("*.png"), key=lambda f: f.name)
+    """Copy the first n images of a folder tree in the data set's own order (mixed classes) to out:
+    by the set's index, the file name's last part (recon-vqgan.py puts its count before it)."""
+    files = sorted(folder.rglob("*.png"), key=lambda f: (f.stem.rsplit("-", 1)[-1], f.name))
     if len(files) < n:
         raise UserError(f"{folder}: {len(files)} images, fewer than --nb-samples {n}")
     with atomic_path(out, is_dir=True) as tmp:
@@ -204,8 +206,11 @@ def priors(chain):
 
 
 def rows(chain):
-    for name, stem, flags, seeds in ROWS:
-        for seed in chain.seeds if seeds == "all" else chain.seeds[:1]:
+    # seed by seed: every row (the marginals too) has its first seed before any has its second
+    for i, seed in enumerate(chain.seeds):
+        for name, stem, flags, seeds in ROWS:
+            if seeds == "first" and i > 0:
+                continue
             chain.stage(f"rows: {name}, seed {seed}")
             row = chain.out / "rows" / f"{slug(name)}-s{seed}"
             if chain.done(row / "tokens.json"):
@@ -219,14 +224,14 @@ def rows(chain):
                           "--save-latents", row / "tokens.npy", "--save-labels", row / "labels.npy",
                           "--no-progress", *flags)
             score_row(chain, row, sampling_summary=row / "samples" / "summary.json")
-    seed = chain.seeds[0]
-    chain.stage(f"rows: {MARGINALS}, seed {seed}")
-    row = chain.out / "rows" / f"{slug(MARGINALS)}-s{seed}"
-    if not chain.done(row / "tokens.json"):
-        row.mkdir(parents=True, exist_ok=True)
-        if not (row / "samples.npz").exists():
-            write_marginals(chain, row, seed)
-        score_row(chain, row)
+        if i == 0:
+            chain.stage(f"rows: {MARGINALS}, seed {seed}")
+            row = chain.out / "rows" / f"{slug(MARGINALS)}-s{seed}"
+            if not chain.done(row / "tokens.json"):
+                row.mkdir(parents=True, exist_ok=True)
+                if not (row / "samples.npz").exists():
+                    write_marginals(chain, row, seed)
+                score_row(chain, row)
 
 
 def score_row(chain, row, sampling_summary=None):
@@ -261,7 +266,7 @@ def write_marginals(chain, row, seed):
 
 def table(chain):
     chain.stage("table")
-    text = results_table(chain)
+    text = results_table(chain) + "\n" + fid_by_n(chain.out / "test-stats.npz", chain.n) + "\n"
     with atomic_path(chain.out / "table.md") as tmp:
         tmp.write_text(text)
     print(text)
@@ -317,6 +322,22 @@ def results_table(chain):
             f"classifier of the train latents assigns (its own accuracy on held-out latents: "
             f"{classifier if classifier is None else f'{classifier:.3f}'}); s / sample: the prior's time alone.\n"
             f"VQ-GAN: {recon[-3]}; {recon[-2]}\n\n" + text)
+
+
+def fid_by_n(test_stats, n, seed=0):
+    """FID's bias at small N, from the cached test features alone: n' images of one random half of
+    the test set against the other half, for n' up to the half's size."""
+    from evaluation import metrics
+    from evaluation.inception_stats import load_stats
+
+    pool = load_stats(test_stats).pool
+    order = np.random.default_rng(seed).permutation(len(pool))
+    half = len(pool) // 2
+    reference = pool[order[half:]]
+    sizes = sorted({m for m in (n // 4, n // 2, n, 2 * n, half) if 10 <= m <= half})
+    fids = [metrics.fid(pool[order[:m]], reference) for m in sizes]
+    return (f"FID of real images by N (N test images against {len(reference)} others, no model): "
+            + ", ".join(f"N = {m}: {f:.2f}" for m, f in zip(sizes, fids)))
 
 
 def samples_picture(row, real_folder, path, per_class=8):

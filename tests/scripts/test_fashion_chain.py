@@ -142,3 +142,17 @@ def test_bad_arguments_are_one_line(tmp_path):
     assert_user_error(run_script("scripts/fashion.py", "--nb-samples", 15, "--out", tmp_path / "o"),
                       "--nb-samples", "multiple of 10")
     assert not (tmp_path / "o").exists()
+
+
+def test_first_images_follow_the_sets_order_not_the_class_folders(tmp_path):
+    """The floor and rFID subsets are the data set's first n images, all classes mixed: by the
+    index in the file name, also after recon-vqgan.py's count prefix (which follows the folders)."""
+    fashion = chain_module()
+    recon = tmp_path / "recon"
+    recon.mkdir()
+    # class folders listed in order: class 0 holds indices 0, 2, 4; class 1 holds 1, 3, 5
+    for count, index in enumerate([0, 2, 4, 1, 3, 5]):
+        Image.new("L", (4, 4)).save(recon / f"{count:05d}-{index:05d}.png")
+    fashion.first_images(recon, 4, tmp_path / "first")
+    assert sorted(p.name for p in (tmp_path / "first").iterdir()) == [
+        "00000-00000.png", "00001-00002.png", "00003-00001.png", "00004-00003.png"]
