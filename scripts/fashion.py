@@ -39,13 +39,14 @@ from infra.cli import ArgumentParser, run_cli
 from infra.errors import UserError
 from infra.files import atomic_path
 
-# (row name, prior config stem, sample.py sampling flags, seeds: "all" or "first")
+# (row name, prior config stem, sample.py sampling flags, seeds: "all" or "first"): the head to
+# head of SUNDAE and the AR prior over every seed, the rest over the first (the CPU budget)
 ROWS = (
     ("SUNDAE, 50 steps + freezing", "sundae", [], "all"),
-    ("SUNDAE, 12 steps", "sundae", ["--steps", "12", "--min-steps", "6"], "all"),
+    ("SUNDAE, 12 steps", "sundae", ["--steps", "12", "--min-steps", "6"], "first"),
     ("SUNDAE T = 1 (unroll ablation)", "sundae-t1", [], "first"),
     ("SUNDAE vanilla (hourglass ablation)", "sundae-vanilla", [], "first"),
-    ("absorbing, Unleashing 64 steps", "absorbing", [], "all"),
+    ("absorbing, Unleashing 64 steps", "absorbing", [], "first"),
     ("absorbing, MaskGIT 12 steps", "absorbing", ["--decoder", "maskgit", "--steps", "12"], "first"),
     ("autoregressive, KV cache", "ar", [], "all"),
 )
@@ -182,56 +183,66 @@ def vqgan(chain):
 def priors(chain):
     """train.py for each prior config; with --jobs J, J at a time on cores / J threads each (small
     models use a second core better as a second run), each run's output then in OUT/train/."""
-    from priors import build_model
-
-    def train(stem):
-        cfg = chain.configs[stem]
-        last = chain.runs[stem] / "checkpoints" / "last.ckpt"
-        resume = ["--resume", last] if last.exists() else []
-        t0 = time.perf_counter()
-        log, threads = (None, None) if chain.jobs == 1 else (
-            chain.out / "train" / f"{stem}.log", max(1, (os.cpu_count() or 1) // chain.jobs))
-        chain.run("train.py", "--cfg-path", cfg.path, *resume, log=log, threads=threads)
-        write_json(chain.out / "train" / f"{stem}.json", {
-            "seconds": time.perf_counter() - t0, "resumed": bool(resume), "threads": threads,
-            "parameters": sum(p.numel() for p in build_model(cfg).parameters())})
-        print(f"trained {cfg.path} in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
-
     chain.stage(f"priors: train {', '.join(PRIOR_CONFIGS)} ({chain.jobs} at a time)")
     todo = [stem for stem in PRIOR_CONFIGS if not chain.done(chain.out / "train" / f"{stem}.json")]
-    (chain.out / "train").mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(chain.jobs) as pool:
-        for future in [pool.submit(train, stem) for stem in todo]:
+        for future in [pool.submit(train_prior, chain, stem) for stem in todo]:
             future.result()
 
 
-def rows(chain):
-    # seed by seed: every row (the marginals too) has its first seed before any has its second
+def train_prior(chain, stem):
+    """Train (or resume) one prior; OUT/train/<stem>.json records its time once it is done."""
+    from priors import build_model
+
+    cfg = chain.configs[stem]
+    last = chain.runs[stem] / "checkpoints" / "last.ckpt"
+    resume = ["--resume", last] if last.exists() else []
+    log, threads = (None, None) if chain.jobs == 1 else (
+        chain.out / "train" / f"{stem}.log", max(1, (os.cpu_count() or 1) // chain.jobs))
+    (chain.out / "train").mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    chain.run("train.py", "--cfg-path", cfg.path, *resume, log=log, threads=threads)
+    write_json(chain.out / "train" / f"{stem}.json", {
+        "seconds": time.perf_counter() - t0, "resumed": bool(resume), "threads": threads,
+        "parameters": sum(p.numel() for p in build_model(cfg).parameters())})
+    print(f"trained {cfg.path} in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+
+
+def row_jobs(chain):
+    """(name, prior config stem or None for the marginals, sampling flags, seed) of every row to
+    make, seed by seed: every row (the marginals too) has its first seed before any its second."""
     for i, seed in enumerate(chain.seeds):
         for name, stem, flags, seeds in ROWS:
-            if seeds == "first" and i > 0:
-                continue
-            chain.stage(f"rows: {name}, seed {seed}")
-            row = chain.out / "rows" / f"{slug(name)}-s{seed}"
-            if chain.done(row / "tokens.json"):
-                continue
-            row.mkdir(parents=True, exist_ok=True)
-            cfg = chain.configs[stem]
-            if not (row / "samples.npz").exists():
-                chain.run("sample.py", "--cfg-path", cfg.path, "--resume", chain.runs[stem] / "checkpoints" / "last.ckpt",
-                          "--nb-samples", chain.n, "--class-balanced", "--batch-size", chain.batch_size,
-                          "--seed", seed, "--device", "cpu", "--out-dir", row / "samples", "--npz", row / "samples.npz",
-                          "--save-latents", row / "tokens.npy", "--save-labels", row / "labels.npy",
-                          "--no-progress", *flags)
-            score_row(chain, row, sampling_summary=row / "samples" / "summary.json")
+            if seeds == "all" or i == 0:
+                yield name, stem, flags, seed
         if i == 0:
-            chain.stage(f"rows: {MARGINALS}, seed {seed}")
-            row = chain.out / "rows" / f"{slug(MARGINALS)}-s{seed}"
-            if not chain.done(row / "tokens.json"):
-                row.mkdir(parents=True, exist_ok=True)
-                if not (row / "samples.npz").exists():
-                    write_marginals(chain, row, seed)
-                score_row(chain, row)
+            yield MARGINALS, None, [], seed
+
+
+def rows(chain):
+    for name, stem, flags, seed in row_jobs(chain):
+        chain.stage(f"rows: {name}, seed {seed}")
+        make_row(chain, name, stem, flags, seed)
+
+
+def make_row(chain, name, stem, flags, seed):
+    """One row's N samples (or the marginals' grids), decoded, then scored as images and as tokens."""
+    row = chain.out / "rows" / f"{slug(name)}-s{seed}"
+    if chain.done(row / "tokens.json"):
+        return
+    row.mkdir(parents=True, exist_ok=True)
+    if stem is None:
+        if not (row / "samples.npz").exists():
+            write_marginals(chain, row, seed)
+        score_row(chain, row)
+        return
+    if not (row / "samples.npz").exists():
+        chain.run("sample.py", "--cfg-path", chain.configs[stem].path, "--resume",
+                  chain.runs[stem] / "checkpoints" / "last.ckpt", "--nb-samples", chain.n, "--class-balanced",
+                  "--batch-size", chain.batch_size, "--seed", seed, "--device", "cpu", "--out-dir", row / "samples",
+                  "--npz", row / "samples.npz", "--save-latents", row / "tokens.npy", "--save-labels",
+                  row / "labels.npy", "--no-progress", *flags)
+    score_row(chain, row, sampling_summary=row / "samples" / "summary.json")
 
 
 def score_row(chain, row, sampling_summary=None):
@@ -310,13 +321,17 @@ def results_table(chain):
     text += line("VQ-GAN reconstructions of test images (rFID)", "-", [read_json(out / "rfid.json")])
     for name, stem, _, which in ROWS + ((MARGINALS, None, None, "first"),):
         seeds = chain.seeds if which == "all" else chain.seeds[:1]
-        dirs = [out / "rows" / f"{slug(name)}-s{seed}" for seed in seeds]
+        dirs = [d for d in (out / "rows" / f"{slug(name)}-s{seed}" for seed in seeds) if (d / "tokens.json").exists()]
+        if not dirs:  # a chain stopped early: the row is listed, not made
+            text += f"| {name} | 0 |" + " not made |" * 9 + "\n"
+            continue
         summaries = [read_json(d / "samples" / "summary.json") for d in dirs if stem is not None]
         train = read_json(out / "train" / f"{stem}.json") if stem is not None else None
-        text += line(name, len(seeds), [read_json(d / "fid.json") for d in dirs],
+        text += line(name, len(dirs), [read_json(d / "fid.json") for d in dirs],
                      [read_json(d / "tokens.json") for d in dirs], summaries, train,
                      f"{train['parameters'] / 1e6:.2f}M" if train else "-")
-    classifier = read_json(dirs[0] / "tokens.json")["classifier"]["eval_accuracy"]
+    classifier = read_json(out / "rows" / f"{slug(MARGINALS)}-s{chain.seeds[0]}" / "tokens.json")["classifier"][
+        "eval_accuracy"]
     return (f"N = {chain.n} class-balanced images per row against the {len(list((chain.images / 'test').rglob('*.png')))} "
             f"test images (FID, KID, precision/recall with k = 5 in Inception space); cond. acc.: the class a "
             f"classifier of the train latents assigns (its own accuracy on held-out latents: "

@@ -89,8 +89,11 @@ def test_evaluate_agrees_with_torch_fidelity_on_the_same_files(tmp_path, no_down
         kid=True, feature_extractor_weights_path=str(weights), kid_subset_size=8, isc_splits=4, cache=False,
         verbose=False, save_cpu_ram=True)
     assert ours["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-5)
-    assert ours["kid_mean"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-5)
-    assert ours["kid_std"] == pytest.approx(theirs["kernel_inception_distance_std"], rel=1e-4, abs=1e-9)
+    # our extractor runs channels-last (features within 1e-5 of torch-fidelity's layout); KID, a
+    # difference of kernel means near 0, carries that as a relative 4e-5 on these 8 images
+    assert ours["kid_mean"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=2e-4)
+    # its spread over subsets of 8 images is float32 rounding (about 1e-7) in either layout
+    assert ours["kid_std"] == pytest.approx(theirs["kernel_inception_distance_std"], rel=1e-4, abs=1e-7)
     assert ours["isc_mean"] == pytest.approx(theirs["inception_score_mean"], rel=1e-5)
     assert ours["isc_std"] == pytest.approx(theirs["inception_score_std"], rel=1e-4, abs=1e-9)
     assert ours["isc_mean"] > 1.01 and ours["fid"] > 0  # the random network tells images apart
